@@ -1,0 +1,123 @@
+//! xlock: run a command under a named, crash-safe file lock.
+//!
+//! The flow is [`run`]: parse and validate the command line ([`cli`]), acquire the
+//! lock ([`lock`]), run the command and pass signals through ([`supervise`]),
+//! release, and end with the command's status ([`exit`]). The behaviour contract is
+//! SPEC.md; each module names the sections it implements.
+
+pub mod cli;
+pub mod exit;
+pub mod liveness;
+pub mod lock;
+pub mod record;
+pub mod signals;
+pub mod status;
+pub mod supervise;
+
+use std::ffi::OsString;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Config, Parsed};
+use crate::exit::Exit;
+use crate::liveness::Identity;
+use crate::lock::{Acquired, Deadline, LockPath, Request};
+use crate::record::Record;
+use crate::signals::Signals;
+use crate::status::Reporter;
+
+/// Runs xlock with these arguments (argv[0] first) and says how to exit.
+pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
+    match cli::parse(args) {
+        Ok(Parsed::Run(config)) => execute(&config).unwrap_or_else(|err| {
+            status::error(&err);
+            Exit::Failure
+        }),
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            Exit::Child(0)
+        }
+        Err(message) => {
+            status::line(format_args!("{message}"));
+            Exit::Failure
+        }
+    }
+}
+
+fn execute(config: &Config) -> Result<Exit> {
+    let signals = Signals::block()?;
+    let deadline = Deadline::after(config.wait);
+    let me = Identity::current()?;
+    let lock = LockPath::new(&config.lock)?;
+    let report = Reporter::new(config.verbosity, &config.lock);
+    let record = Record {
+        xlock: Record::version(),
+        pid: me.pid,
+        start: me.start,
+        pidns: me.pidns.clone(),
+        boot: me.boot.clone(),
+        host: me.host.clone(),
+        nonce: nonce()?,
+        since: String::new(),
+        cmd: record::describe(&config.command),
+    };
+    let request = Request {
+        lock: &lock,
+        deadline,
+        command_lock: !config.close,
+        me: &me,
+        signals: &signals,
+        report: &report,
+    };
+    let started = std::time::Instant::now();
+    let held = match lock::acquire(&request, record)? {
+        Acquired::Held(held) => held,
+        Acquired::Busy(holder) => {
+            let waited = (config.wait != cli::Wait::Upto(std::time::Duration::ZERO)).then(|| started.elapsed());
+            report.busy(holder.as_ref(), waited);
+            return Ok(Exit::Busy(config.busy_exit));
+        }
+        Acquired::Interrupted(signal) => return Ok(Exit::Signaled(signal)),
+    };
+    // A signal that came while acquiring ends xlock before the command starts.
+    let outcome = match pending_fatal_signal(&signals) {
+        Ok(Some(signal)) => Ok(Exit::Signaled(signal)),
+        Ok(None) => supervise::run(config, &held, &signals),
+        Err(err) => Err(err),
+    };
+    let released = held.release();
+    if released.is_ok() {
+        report.released();
+    }
+    match (outcome, released) {
+        (Ok(exit), Ok(())) => Ok(exit),
+        (Ok(_), Err(err)) => Err(err),
+        (Err(err), released) => {
+            if let Err(release_err) = released {
+                status::error(&release_err);
+            }
+            Err(err)
+        }
+    }
+}
+
+fn pending_fatal_signal(signals: &Signals) -> Result<Option<i32>> {
+    while let Some(info) = signals.next().context("cannot read signals")? {
+        let signal = signals::number(&info);
+        if signals::ends_wait(signal) {
+            return Ok(Some(signal));
+        }
+    }
+    Ok(None)
+}
+
+/// 128 random bits as 32 hex digits.
+fn nonce() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let n = unsafe { nix::libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(std::io::Error::last_os_error()).context("cannot read random bytes for the lock nonce");
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

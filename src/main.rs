@@ -1,0 +1,3 @@
+fn main() {
+    xlock::run(std::env::args_os()).exit()
+}

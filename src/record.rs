@@ -1,0 +1,221 @@
+//! The holder record (SPEC §4.1): the one line of JSON that a lock file carries,
+//! written completely before the file appears at LOCK and never changed afterwards.
+//!
+//! Anything at LOCK that does not parse as such a record is *foreign*: xlock never
+//! writes to, renames over or deletes it. This module says whether bytes are a
+//! record, and if not, why not, in words a user can act on.
+
+use std::ffi::OsString;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::CommandSpec;
+
+/// The largest record xlock writes or accepts.
+pub const MAX_LEN: usize = 4096;
+/// Every record starts with these bytes.
+const MAGIC: &[u8] = br#"{"xlock":"#;
+/// The protocol version written into `"xlock"`.
+const VERSION: u32 = 1;
+/// `cmd` is cut to this many bytes.
+const MAX_CMD: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub xlock: u32,
+    /// The holder's xlock process.
+    pub pid: i32,
+    /// Its start time (field 22 of /proc/PID/stat), so a recycled PID is not it.
+    pub start: u64,
+    /// Its PID namespace: the PID means something only inside it.
+    pub pidns: String,
+    /// The boot id of the kernel it runs on.
+    pub boot: String,
+    pub host: String,
+    /// 128 random bits, unique to this acquisition.
+    pub nonce: String,
+    /// When the lock was acquired, RFC 3339 UTC.
+    pub since: String,
+    /// The command line, shell-quoted, cut to 512 bytes.
+    pub cmd: String,
+}
+
+/// Why the bytes at LOCK are not a lock record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotARecord {
+    Empty,
+    TooBig(u64),
+    WrongStart,
+    BadJson(String),
+    Version(u32),
+    BadNonce,
+}
+
+impl fmt::Display for NotARecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotARecord::Empty => write!(f, "it is an empty file"),
+            NotARecord::TooBig(size) => write!(f, "it is {size} bytes, larger than any lock record ({MAX_LEN})"),
+            NotARecord::WrongStart => write!(f, "it does not start with {}", String::from_utf8_lossy(MAGIC)),
+            NotARecord::BadJson(err) => write!(f, "it is not a valid lock record ({err})"),
+            NotARecord::Version(v) => write!(
+                f,
+                "it is a lock record of protocol version {v}, which this xlock does not know"
+            ),
+            NotARecord::BadNonce => write!(f, "its nonce is not 32 hex digits"),
+        }
+    }
+}
+
+impl Record {
+    /// The record as written to the file: one line of JSON ending in a newline.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("a record always serializes");
+        line.push(b'\n');
+        debug_assert!(line.len() <= MAX_LEN, "record of {} bytes", line.len());
+        line
+    }
+
+    /// Reads a record from the bytes of a lock file.
+    pub fn parse(bytes: &[u8]) -> Result<Record, NotARecord> {
+        if bytes.is_empty() {
+            return Err(NotARecord::Empty);
+        }
+        if bytes.len() > MAX_LEN {
+            return Err(NotARecord::TooBig(bytes.len() as u64));
+        }
+        if !bytes.starts_with(MAGIC) {
+            return Err(NotARecord::WrongStart);
+        }
+        let record: Record = serde_json::from_slice(bytes).map_err(|err| NotARecord::BadJson(err.to_string()))?;
+        if record.xlock != VERSION {
+            return Err(NotARecord::Version(record.xlock));
+        }
+        if !is_nonce(&record.nonce) {
+            return Err(NotARecord::BadNonce);
+        }
+        Ok(record)
+    }
+
+    pub fn version() -> u32 {
+        VERSION
+    }
+}
+
+fn is_nonce(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The command line as the record shows it: argv shell-quoted, or the `-c` string as
+/// given; cut to 512 bytes on a character boundary.
+pub fn describe(command: &CommandSpec) -> String {
+    let full = match command {
+        CommandSpec::Shell(text) => text.to_string_lossy().into_owned(),
+        CommandSpec::Argv(words) => words.iter().map(quote).collect::<Vec<_>>().join(" "),
+    };
+    cut(full, MAX_CMD)
+}
+
+fn quote(word: &OsString) -> String {
+    let word = word.to_string_lossy();
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b));
+    if plain {
+        word.into_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            xlock: 1,
+            pid: 4242,
+            start: 123456789,
+            pidns: "pid:[4026531836]".into(),
+            boot: "fc716e8c-c845-4485-be9b-3ab5c5c4fc07".into(),
+            host: "build-3".into(),
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            since: "2026-11-23T10:00:00.123Z".into(),
+            cmd: "make deploy".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_is_one_line_in_the_documented_order() {
+        let line = sample().to_line();
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(line.ends_with(b"\n"));
+        assert_eq!(
+            String::from_utf8(line.clone()).unwrap(),
+            concat!(
+                r#"{"xlock":1,"pid":4242,"start":123456789,"pidns":"pid:[4026531836]","#,
+                r#""boot":"fc716e8c-c845-4485-be9b-3ab5c5c4fc07","host":"build-3","#,
+                r#""nonce":"0123456789abcdef0123456789abcdef","since":"2026-11-23T10:00:00.123Z","cmd":"make deploy"}"#,
+                "\n"
+            )
+        );
+        assert_eq!(Record::parse(&line), Ok(sample()));
+    }
+
+    #[test]
+    fn foreign_contents_are_told_apart() {
+        assert_eq!(Record::parse(b""), Err(NotARecord::Empty));
+        assert_eq!(Record::parse(b"#!/bin/sh\necho hi\n"), Err(NotARecord::WrongStart));
+        assert_eq!(Record::parse(b"{\"other\":1}"), Err(NotARecord::WrongStart));
+        assert!(matches!(
+            Record::parse(b"{\"xlock\":1,\"pid\":"),
+            Err(NotARecord::BadJson(_))
+        ));
+        assert_eq!(
+            Record::parse(&vec![b' '; MAX_LEN + 1]),
+            Err(NotARecord::TooBig(MAX_LEN as u64 + 1))
+        );
+        let mut future = sample();
+        future.xlock = 2;
+        assert_eq!(Record::parse(&future.to_line()), Err(NotARecord::Version(2)));
+        let mut forged = sample();
+        forged.nonce = "xyz".into();
+        assert_eq!(Record::parse(&forged.to_line()), Err(NotARecord::BadNonce));
+    }
+
+    #[test]
+    fn commands_are_quoted_and_cut() {
+        let argv = |words: &[&str]| CommandSpec::Argv(words.iter().map(OsString::from).collect());
+        assert_eq!(describe(&argv(&["make", "deploy"])), "make deploy");
+        assert_eq!(
+            describe(&argv(&["sh", "-c", "echo 'hi' $X"])),
+            r#"sh -c 'echo '\''hi'\'' $X'"#
+        );
+        assert_eq!(describe(&argv(&["printf", ""])), "printf ''");
+        assert_eq!(describe(&CommandSpec::Shell("a && b".into())), "a && b");
+        let long = describe(&argv(&["é".repeat(400).as_str()]));
+        assert!(long.len() <= MAX_CMD && long.len() >= MAX_CMD - 3, "{}", long.len());
+    }
+
+    #[test]
+    fn worst_case_record_fits() {
+        let mut record = sample();
+        record.cmd = "\u{1}".repeat(MAX_CMD);
+        record.host = "h".repeat(64);
+        assert!(record.to_line().len() <= MAX_LEN);
+    }
+}
