@@ -265,16 +265,7 @@ struct Candidate {
 impl Candidate {
     /// Step 1: a private file in LOCK's directory, with its record and both locks.
     fn create(lock: &LockPath, record: &Record, command_lock: bool, named: bool) -> Result<Candidate> {
-        let (file, temp) = Self::open(lock, &record.nonce, named).map_err(|err| create_error(lock, err))?;
-        let file_id = id_of(&file.metadata()?);
-        let mut ours = Candidate {
-            file,
-            command_lock: None,
-            file_id,
-            nonce: record.nonce.clone(),
-            temp,
-        };
-        ours.file.lock().map_err(|err| create_error(lock, err))?;
+        let mut ours = Self::create_locked(lock, &record.nonce, named)?;
         if command_lock {
             // A second open file description: its lock is independent of the flock.
             let second = OpenOptions::new()
@@ -289,6 +280,41 @@ impl Candidate {
             .write_all(&record.to_line())
             .map_err(|err| create_error(lock, err))?;
         Ok(ours)
+    }
+
+    /// The file, with its process lock taken. A named temp file can be swept by another
+    /// xlock in the moment between its creation and our flock; once we hold the flock
+    /// it is safe, so check the name is still ours, and start again if it is not.
+    fn create_locked(lock: &LockPath, nonce: &str, named: bool) -> Result<Candidate> {
+        for _ in 0..100 {
+            let (file, temp) = Self::open(lock, nonce, named).map_err(|err| create_error(lock, err))?;
+            let file_id = id_of(&file.metadata()?);
+            let ours = Candidate {
+                file,
+                command_lock: None,
+                file_id,
+                nonce: nonce.to_owned(),
+                temp,
+            };
+            ours.file.lock().map_err(|err| create_error(lock, err))?;
+            if ours.temp_name_is_ours() {
+                return Ok(ours);
+            }
+            // Swept: the name is gone (or another's), so dropping must not remove it.
+            let mut swept = ours;
+            swept.temp = None;
+        }
+        bail!(
+            "temporary files in {} keep disappearing; is something cleaning that directory?",
+            lock.dir.display()
+        )
+    }
+
+    /// Whether our temp name (if any) still names our file.
+    fn temp_name_is_ours(&self) -> bool {
+        self.temp
+            .as_ref()
+            .is_none_or(|temp| fs::symlink_metadata(temp).map(|m| id_of(&m)).ok() == Some(self.file_id))
     }
 
     /// An unnamed O_TMPFILE where the file system has them, else a named temp file.

@@ -1,0 +1,277 @@
+//! Helpers shared by the integration tests: they drive the real `xlock` binary.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// The binary under test.
+pub fn xlock_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_xlock"))
+}
+
+/// `xlock ARGS...` as a std Command.
+pub fn xlock<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = Command::new(xlock_bin());
+    command.args(args);
+    command
+}
+
+/// A temporary directory holding one lock, removed at the end of the test.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The lock path used by most tests.
+    pub fn lock(&self) -> PathBuf {
+        self.path("test.lock")
+    }
+
+    /// Names in the directory, sorted.
+    pub fn entries(&self) -> Vec<String> {
+        entries(self.dir.path())
+    }
+
+    /// Kind, mode and contents of everything in the directory (recursively), to show
+    /// that nothing changed.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+        snapshot(self.dir.path())
+    }
+}
+
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let meta = fs::symlink_metadata(&path).expect("lstat");
+        let kind = meta.file_type();
+        let what = if kind.is_symlink() {
+            format!("link -> {}", fs::read_link(&path).unwrap().display())
+        } else if kind.is_dir() {
+            out.extend(snapshot(&path));
+            "dir".to_owned()
+        } else if kind.is_file() {
+            format!("file {:?}", fs::read(&path).unwrap())
+        } else if kind.is_fifo() {
+            "fifo".to_owned()
+        } else {
+            format!("special {:x}", meta.rdev())
+        };
+        out.insert(
+            path,
+            format!(
+                "{what} mode {:o} ino {} mtime {}",
+                meta.mode(),
+                meta.ino(),
+                meta.mtime_nsec()
+            ),
+        );
+    }
+    out
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// A shell snippet that appends `WORD <pid> <ns>` to LOG.
+pub fn stamp(word: &str, log: &Path) -> String {
+    format!("echo \"{word} $$ $(date +%s%N)\" >> '{}'", log.display())
+}
+
+/// One line of a stamp log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub word: String,
+    pub pid: u32,
+    pub ns: u128,
+}
+
+pub fn read_stamps(log: &Path) -> Vec<Stamp> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split_whitespace();
+            Stamp {
+                word: parts.next().expect("word").to_owned(),
+                pid: parts.next().expect("pid").parse().expect("pid"),
+                ns: parts.next().expect("ns").parse().expect("ns"),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that critical sections, logged as `B pid` / `E pid` pairs, never
+/// overlapped: the log strictly alternates B and E of the same process. Returns how
+/// many sections there were.
+pub fn assert_sections_never_overlap(log: &Path) -> usize {
+    let stamps = read_stamps(log);
+    assert!(stamps.len() % 2 == 0, "unfinished section at the end of {stamps:?}");
+    for (i, pair) in stamps.chunks(2).enumerate() {
+        assert!(
+            pair[0].word == "B" && pair[1].word == "E" && pair[0].pid == pair[1].pid,
+            "sections overlapped at section {i}: {:?}\nfull log: {stamps:#?}",
+            pair
+        );
+    }
+    stamps.len() / 2
+}
+
+/// A started process whose stdout is read line by line, to learn when its command
+/// has started (and so holds the lock).
+pub struct Running {
+    pub child: Child,
+    lines: BufReader<ChildStdout>,
+}
+
+impl Running {
+    /// Starts `command` with stdout piped, and stdin piped and kept open (so a `read`
+    /// in the command blocks until the test lets it go).
+    pub fn start(mut command: Command) -> Running {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let lines = BufReader::new(child.stdout.take().unwrap());
+        Running { child, lines }
+    }
+
+    /// Waits for the next line on its stdout.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.lines.read_line(&mut line).expect("read line");
+        assert!(!line.is_empty(), "process ended before printing a line");
+        line.trim_end().to_owned()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn kill(&mut self, signal: Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("kill");
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+/// Starts an xlock holding `lock` with `command` (a shell snippet, run with sh -c
+/// after printing `started`), and returns once the command runs.
+pub fn hold(extra: &[&str], lock: &Path, command: &str) -> Running {
+    Temp::Unnamed.hold(extra, lock, command)
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+            state != 'Z' && state != 'X'
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `cond` holds, for at most `limit`: for conditions that another process
+/// brings about in its own time (a process exiting after SIGKILL). Panics on timeout.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether this process runs as root (some cases need to drop privileges).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// How the xlock under test makes its temporary file: the default (O_TMPFILE where
+/// the file system has it) or forced named temp files (`XLOCK_NAMED_TEMP=1`), the
+/// path taken on file systems without O_TMPFILE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temp {
+    Unnamed,
+    Named,
+}
+
+impl Temp {
+    pub fn xlock<I, S>(self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = xlock(args);
+        match self {
+            Temp::Unnamed => command.env_remove("XLOCK_NAMED_TEMP"),
+            Temp::Named => command.env("XLOCK_NAMED_TEMP", "1"),
+        };
+        command
+    }
+
+    /// As [`hold`], in this mode.
+    pub fn hold(self, extra: &[&str], lock: &Path, command: &str) -> Running {
+        self.hold_script(extra, lock, &format!("echo started; {command}"))
+    }
+
+    /// Starts xlock on `lock` with `script` (for sh -c), which must print `started` once
+    /// it is ready; returns then.
+    pub fn hold_script(self, extra: &[&str], lock: &Path, script: &str) -> Running {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.push(lock.display().to_string());
+        args.push("-c".into());
+        args.push(script.to_owned());
+        let mut running = Running::start(self.xlock(&args));
+        assert_eq!(running.line(), "started");
+        running
+    }
+}
+
+/// Defines each listed `fn name(temp: Temp)` as two tests, one per temp-file mode.
+#[macro_export]
+macro_rules! tests_in_both_temp_modes {
+    ($($name:ident),* $(,)?) => {
+        mod unnamed_tmpfile {
+            $( #[test] fn $name() { super::$name(super::common::Temp::Unnamed) } )*
+        }
+        mod named_temp {
+            $( #[test] fn $name() { super::$name(super::common::Temp::Named) } )*
+        }
+    };
+}
