@@ -30,13 +30,13 @@ impl Identity {
         let pid = std::process::id() as i32;
         let (start, _) = proc_stat(pid)
             .and_then(|stat| stat.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
-            .with_context(|| format!("cannot read /proc/{pid}/stat (is /proc mounted?)"))?;
+            .map_err(|err| proc_error(&format!("/proc/{pid}/stat"), err))?;
         let pidns = fs::read_link("/proc/self/ns/pid")
-            .context("cannot read /proc/self/ns/pid (is /proc mounted?)")?
+            .map_err(|err| proc_error("/proc/self/ns/pid", err))?
             .to_string_lossy()
             .into_owned();
         let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .context("cannot read /proc/sys/kernel/random/boot_id (is /proc mounted?)")?
+            .map_err(|err| proc_error("/proc/sys/kernel/random/boot_id", err))?
             .trim()
             .to_owned();
         let host = nix::unistd::gethostname()
@@ -51,6 +51,15 @@ impl Identity {
             host,
         })
     }
+}
+
+/// An error reading the evidence xlock needs from /proc, with what to do about it.
+fn proc_error(path: &str, err: io::Error) -> anyhow::Error {
+    let reason = match err.raw_os_error() {
+        Some(nix::libc::ENOENT) => "not found; xlock needs /proc: mount it (mount -t proc proc /proc)".to_owned(),
+        _ => crate::status::io_reason(&err),
+    };
+    anyhow::anyhow!("cannot read {path}: {reason}")
 }
 
 /// Start time (field 22) and state (field 3) of a process, or `None` if there is no

@@ -30,7 +30,7 @@ use nix::libc;
 use crate::liveness::{self, Holder, Identity};
 use crate::record::{self, NotARecord, Record};
 use crate::signals::{self, Event, Signals};
-use crate::status::Reporter;
+use crate::status::{io_reason, Reporter};
 
 /// The byte that the command lock covers. The process lock is a flock(2), which on
 /// local file systems never conflicts with byte-range locks.
@@ -154,7 +154,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
         if ours.link(req.lock)? {
             break;
         }
-        let theirs = match open_record(&req.lock.path)? {
+        let theirs = match open_record(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
             Found::Record(holder) => holder,
             Found::Vanished => continue,
             Found::Foreign(why) => return Err(foreign(req.lock, &why)),
@@ -169,7 +169,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
             Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         }
         // Step 4: still at LOCK means its xlock died; wait for its command's tree.
-        if !theirs.at(&req.lock.path)? {
+        if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
             continue;
         }
         match wait_for(KernelLock::Command, &theirs.file, req)? {
@@ -182,7 +182,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
             Waited::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
             Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         }
-        if !theirs.at(&req.lock.path)? {
+        if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
             continue; // released after all (locks not effective here)
         }
         ours.take_over(req.lock)?;
@@ -226,19 +226,34 @@ impl Held {
 
     /// Whether LOCK is still this holder's file with its nonce.
     pub fn is_ours(&self) -> io::Result<bool> {
+        if !self.at_lock()? {
+            return Ok(false);
+        }
         Ok(match open_record(&self.lock.path)? {
             Found::Record(found) => found.same_file(&self.file_id) && found.record.nonce == self.nonce,
             Found::Vanished | Found::Foreign(_) => false,
         })
     }
 
+    /// Whether LOCK is our inode (no descriptor needed).
+    fn at_lock(&self) -> io::Result<bool> {
+        match fs::symlink_metadata(&self.lock.path) {
+            Ok(meta) => Ok(id_of(&meta) == self.file_id),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Releases the lock (SPEC §4.5): verify it is ours, unlink it, then close. A lock
     /// that is no longer ours is left alone, and that is an error.
     pub fn release(self) -> Result<()> {
         let shown = self.lock.shown();
-        let ours = self
-            .is_ours()
-            .with_context(|| format!("cannot verify the lock file {shown} before releasing it"))?;
+        let ours = self.is_ours().map_err(|err| {
+            anyhow!(
+                "cannot verify the lock file {shown} before releasing it: {}",
+                io_reason(&err)
+            )
+        })?;
         if !ours {
             bail!(
                 "the lock file {shown} was removed or replaced while the lock was held, so another \
@@ -259,7 +274,28 @@ struct Candidate {
     file_id: (u64, u64),
     nonce: String,
     /// A name in LOCK's directory, while the file has one.
-    temp: Option<PathBuf>,
+    temp: TempName,
+}
+
+/// The temp file's name, removed when dropped (on every way out of `acquire`).
+struct TempName(Option<PathBuf>);
+
+impl TempName {
+    fn as_ref(&self) -> Option<&PathBuf> {
+        self.0.as_ref()
+    }
+
+    fn remove(&mut self) {
+        if let Some(temp) = self.0.take() {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
+
+impl Drop for TempName {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 impl Candidate {
@@ -273,7 +309,15 @@ impl Candidate {
                 .write(true)
                 .open(fd_path(&ours.file))
                 .map_err(|err| create_error(lock, err))?;
-            set_command_lock(second.as_fd(), libc::F_WRLCK as i16, false).map_err(|err| create_error(lock, err))?;
+            let taken =
+                set_command_lock(second.as_fd(), libc::F_WRLCK as i16, false).map_err(|err| create_error(lock, err))?;
+            if !taken {
+                bail!(
+                    "cannot take the command lock on {}: the file system's locks conflict with each other \
+                     (NFS emulates flock with byte-range locks); use --close, or a LOCK path on a local disk",
+                    lock.shown()
+                );
+            }
             ours.command_lock = Some(second);
         }
         ours.file
@@ -294,7 +338,7 @@ impl Candidate {
                 command_lock: None,
                 file_id,
                 nonce: nonce.to_owned(),
-                temp,
+                temp: TempName(temp),
             };
             ours.file.lock().map_err(|err| create_error(lock, err))?;
             if ours.temp_name_is_ours() {
@@ -302,7 +346,7 @@ impl Candidate {
             }
             // Swept: the name is gone (or another's), so dropping must not remove it.
             let mut swept = ours;
-            swept.temp = None;
+            swept.temp.0 = None;
         }
         bail!(
             "temporary files in {} keep disappearing; is something cleaning that directory?",
@@ -356,7 +400,7 @@ impl Candidate {
 
     /// Step 2: link the file to LOCK. `Ok(false)`: LOCK exists.
     fn link(&mut self, lock: &LockPath) -> Result<bool> {
-        let linked = match &self.temp {
+        let linked = match self.temp.as_ref() {
             Some(temp) => {
                 // A sweeper may have taken the name before our flock: it must still be ours.
                 if fs::symlink_metadata(temp).map(|m| id_of(&m)).ok() != Some(self.file_id) {
@@ -390,7 +434,7 @@ impl Candidate {
     /// Step 4: replace a stale lock file with ours. We hold the old file's locks, so no
     /// other waiter can be doing the same.
     fn take_over(&mut self, lock: &LockPath) -> Result<()> {
-        let temp = match &self.temp {
+        let temp = match self.temp.as_ref() {
             Some(temp) => temp.clone(),
             None => {
                 let temp = lock.temp_name(&self.nonce);
@@ -402,19 +446,17 @@ impl Candidate {
                     AtFlags::AT_SYMLINK_FOLLOW,
                 )
                 .map_err(|err| create_error(lock, err.into()))?;
-                self.temp = Some(temp.clone());
+                self.temp.0 = Some(temp.clone());
                 temp
             }
         };
         fs::rename(&temp, &lock.path).map_err(|err| create_error(lock, err))?;
-        self.temp = None;
+        self.temp.0 = None;
         Ok(())
     }
 
     fn drop_temp_name(&mut self) {
-        if let Some(temp) = self.temp.take() {
-            let _ = fs::remove_file(temp);
-        }
+        self.temp.remove();
     }
 
     /// Step 5: LOCK is our inode with our nonce.
@@ -422,14 +464,21 @@ impl Candidate {
         self.drop_temp_name();
         let held = Held {
             lock: lock.clone(),
-            file: self.file.try_clone()?,
-            command_lock: self.command_lock.take(),
+            file: self.file,
+            command_lock: self.command_lock,
             file_id: self.file_id,
-            nonce: self.nonce.clone(),
+            nonce: self.nonce,
         };
-        let ours = held
-            .is_ours()
-            .with_context(|| format!("cannot verify the lock file {}", lock.shown()))?;
+        let ours = match held.is_ours() {
+            Ok(ours) => ours,
+            Err(err) => {
+                // It was linked, so do not leave it behind: remove it if it is our inode.
+                if held.at_lock().unwrap_or(false) {
+                    let _ = fs::remove_file(&lock.path);
+                }
+                bail!("cannot verify the lock file {}: {}", lock.shown(), io_reason(&err));
+            }
+        };
         if !ours {
             bail!(
                 "the lock file {} was replaced right after xlock created it; another program is writing there. Use a LOCK path that only xlock uses",
@@ -437,12 +486,6 @@ impl Candidate {
             );
         }
         Ok(held)
-    }
-}
-
-impl Drop for Candidate {
-    fn drop(&mut self) {
-        self.drop_temp_name();
     }
 }
 
@@ -547,7 +590,7 @@ fn foreign(lock: &LockPath, why: &str) -> anyhow::Error {
 /// An error of creating our lock file, with what to do about it.
 fn create_error(lock: &LockPath, err: io::Error) -> anyhow::Error {
     let dir = lock.dir.display();
-    let hint = match err.raw_os_error() {
+    let reason = match err.raw_os_error() {
         Some(libc::ENOENT) => format!("the directory {dir} does not exist; create it first"),
         Some(libc::ENOTDIR) => format!("{dir} is not a directory; check the LOCK path"),
         Some(libc::EACCES | libc::EPERM) => {
@@ -555,14 +598,20 @@ fn create_error(lock: &LockPath, err: io::Error) -> anyhow::Error {
         }
         Some(libc::EROFS) => format!("{dir} is on a read-only file system; put LOCK on a writable one"),
         Some(libc::ENOSPC | libc::EDQUOT) => format!("no room for the lock record in {dir}; free some space"),
-        Some(libc::EMFILE | libc::ENFILE) => "raise the open-file limit (ulimit -n)".to_owned(),
-        Some(libc::ENOLCK) => format!("the file system of {dir} refuses locks"),
-        _ => format!("check {dir}"),
+        _ => io_reason(&err),
     };
-    let reason = err
-        .raw_os_error()
-        .map_or_else(|| err.to_string(), |n| Errno::from_raw(n).desc().to_owned());
-    anyhow!("cannot create the lock file {}: {reason}; {hint}", lock.shown())
+    anyhow!("cannot create the lock file {}: {reason}", lock.shown())
+}
+
+/// An error of reading another holder's lock file, with what to do about it.
+fn read_error(lock: &LockPath, err: io::Error) -> anyhow::Error {
+    let reason = match err.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => "permission denied; every user of a lock must be able to read its \
+             file: keep lock files readable (umask 022) or use a directory per user"
+            .to_owned(),
+        _ => io_reason(&err),
+    };
+    anyhow!("cannot read the lock file {}: {reason}", lock.shown())
 }
 
 fn id_of(meta: &fs::Metadata) -> (u64, u64) {
@@ -630,15 +679,17 @@ enum Waited {
 /// call runs on a helper thread, so the main thread can watch signals and the
 /// deadline; a helper left behind by a timeout or signal ends with the process.
 fn wait_for(kind: KernelLock, file: &File, req: &Request<'_>) -> Result<Waited> {
-    let lock_error = |err| anyhow!("cannot lock {}: {err}", req.lock.shown());
+    let lock_error = |err: io::Error| anyhow!("cannot lock {}: {}", req.lock.shown(), io_reason(&err));
     if kind.take(file, false).map_err(lock_error)? {
         return Ok(Waited::Got(false));
     }
     if req.deadline.passed() {
         return Ok(Waited::TimedOut);
     }
-    let blocking = file.try_clone()?;
-    let (done_rx, done_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let waiting_error = |err: io::Error| anyhow!("cannot wait for {}: {}", req.lock.shown(), io_reason(&err));
+    let blocking = file.try_clone().map_err(waiting_error)?;
+    let (done_rx, done_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|err| waiting_error(err.into()))?;
     let helper = thread::spawn(move || {
         let result = kind.take(&blocking, true);
         let _ = nix::unistd::write(&done_tx, b".");

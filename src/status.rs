@@ -92,6 +92,24 @@ pub fn line(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "xlock: {args}");
 }
 
+/// An I/O error as words a user can act on: the system's reason, and what to do for
+/// the errors that have a general remedy.
+pub fn io_reason(err: &std::io::Error) -> String {
+    use nix::libc;
+    let Some(errno) = err.raw_os_error() else {
+        return err.to_string();
+    };
+    let reason = nix::errno::Errno::from_raw(errno).desc();
+    let remedy = match errno {
+        libc::EMFILE | libc::ENFILE => "; raise the open-file limit (ulimit -n)",
+        libc::ENOSPC | libc::EDQUOT => "; free some space",
+        libc::EROFS => "; use a writable file system",
+        libc::ENOMEM | libc::EAGAIN => "; too many processes or not enough memory",
+        _ => "",
+    };
+    format!("{reason}{remedy}")
+}
+
 /// Prints an error once, on one line.
 pub fn error(err: &anyhow::Error) {
     let text = format!("{err:#}").replace('\n', " ");

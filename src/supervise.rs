@@ -88,11 +88,7 @@ fn prepare_child(command: &mut Command, close: bool, inherit: Option<i32>, signa
 fn spawn_failure(shown: &str, err: &io::Error) -> Exit {
     let (exit, what) = match err.raw_os_error() {
         Some(libc::ENOENT) => (Exit::NotFound, "command not found; check the name and PATH".to_owned()),
-        Some(libc::EMFILE | libc::ENFILE) => (
-            Exit::Failure,
-            "too many open files; raise the limit (ulimit -n)".to_owned(),
-        ),
-        Some(libc::EAGAIN | libc::ENOMEM) => (Exit::Failure, format!("{err}; too many processes or not enough memory")),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => (Exit::Failure, status::io_reason(err)),
         Some(libc::EACCES) => (
             Exit::CannotExecute,
             "permission denied; is it executable (chmod +x)?".to_owned(),
