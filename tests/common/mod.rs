@@ -138,7 +138,10 @@ pub fn read_stamps(log: &Path) -> Vec<Stamp> {
 /// many sections there were.
 pub fn assert_sections_never_overlap(log: &Path) -> usize {
     let stamps = read_stamps(log);
-    assert!(stamps.len().is_multiple_of(2), "unfinished section at the end of {stamps:?}");
+    assert!(
+        stamps.len().is_multiple_of(2),
+        "unfinished section at the end of {stamps:?}"
+    );
     for (i, pair) in stamps.chunks(2).enumerate() {
         assert!(
             pair[0].word == "B" && pair[1].word == "E" && pair[0].pid == pair[1].pid,
