@@ -1,0 +1,9 @@
+complete -c xlock -s w -l timeout -d 'Wait at most DUR for the lock: 250ms, 5s, 1m30s, or a number of seconds (0.5). 0 tries once. Default: wait forever' -r
+complete -c xlock -s E -l conflict-exit-code -d 'Exit status when the lock could not be had' -r
+complete -c xlock -s c -l command -d 'Run STR with /bin/sh -c' -r
+complete -c xlock -s n -l nonblock -d 'Fail at once if the lock is busy (same as --timeout 0)'
+complete -c xlock -s v -l verbose -d 'Say on stderr what happened: waits, take-overs, release'
+complete -c xlock -s q -l quiet -d 'Print nothing of xlock\'s own but errors'
+complete -c xlock -l close -d 'Do not let the command inherit the lock: if xlock dies, the command is killed'
+complete -c xlock -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c xlock -s V -l version -d 'Print version'
