@@ -12,13 +12,19 @@ use clap_complete::Shell;
 fn rendered() -> Vec<(PathBuf, Vec<u8>)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for (shell, name) in [(Shell::Bash, "xlock.bash"), (Shell::Zsh, "_xlock"), (Shell::Fish, "xlock.fish")] {
+    for (shell, name) in [
+        (Shell::Bash, "xlock.bash"),
+        (Shell::Zsh, "_xlock"),
+        (Shell::Fish, "xlock.fish"),
+    ] {
         let mut out = Vec::new();
         clap_complete::generate(shell, &mut xlock::cli::Cli::command(), "xlock", &mut out);
         files.push((root.join("completions").join(name), out));
     }
     let mut man = Vec::new();
-    clap_mangen::Man::new(xlock::cli::Cli::command()).render(&mut man).unwrap();
+    clap_mangen::Man::new(xlock::cli::Cli::command())
+        .render(&mut man)
+        .unwrap();
     files.push((root.join("man/xlock.1"), man));
     files
 }
