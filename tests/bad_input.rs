@@ -205,44 +205,46 @@ fn in_mount_namespace(script: &str) -> Output {
     out
 }
 
-#[test]
-fn read_only_file_system() {
+/// Mounts a tmpfs with `options` on a new directory (in a namespace of its own), runs
+/// `setup` there (`{d}` stands for the directory), then `env ENV xlock {d}/job.lock
+/// echo ran`. Asserts that xlock failed with one line naming the lock and containing
+/// `reason`; returns what `ls -A` shows in the directory afterwards.
+fn fails_on_tmpfs(options: &str, setup: &str, env: &str, reason: &str) -> String {
     let sandbox = Sandbox::new();
-    let dir = sandbox.path("ro");
+    let dir = sandbox.path("mnt");
     fs::create_dir(&dir).unwrap();
+    let d = dir.display().to_string();
+    let setup = setup.replace("{d}", &d);
     let out = in_mount_namespace(&format!(
-        "mount -t tmpfs -o ro,size=64k none '{d}' && \"$0\" '{d}/job.lock' echo ran; echo \"exit=$?\"; ls -A '{d}'",
-        d = dir.display()
+        "mount -t tmpfs -o {options} none '{d}' && {setup} && \
+         env {env} \"$0\" '{d}/job.lock' echo ran; echo \"exit=$?\"; ls -A '{d}'"
     ));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stdout, "exit=125\n", "stderr: {stderr}");
+    let (status, listing) = stdout.split_once('\n').expect("exit line");
+    assert_eq!(status, "exit=125", "stderr: {stderr}");
     assert!(
-        stderr.contains(&format!("{}/job.lock", dir.display())) && stderr.contains("read-only file system"),
-        "{stderr}"
+        stderr.contains(&format!("{d}/job.lock")) && stderr.contains(reason),
+        "{reason:?} missing: {stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    listing.to_owned()
+}
+
+#[test]
+fn read_only_file_system() {
+    assert_eq!(fails_on_tmpfs("ro,size=64k", "true", "", "read-only file system"), "");
 }
 
 #[test]
 fn full_disk_while_writing_the_record() {
     for named in ["0", "1"] {
-        let sandbox = Sandbox::new();
-        let dir = sandbox.path("full");
-        fs::create_dir(&dir).unwrap();
-        let out = in_mount_namespace(&format!(
-            "mount -t tmpfs -o size=8k none '{d}' && (cat /dev/zero > '{d}/filler' 2>/dev/null; true) && \
-             XLOCK_NAMED_TEMP={named} \"$0\" '{d}/job.lock' echo ran; echo \"exit=$?\"; ls -A '{d}'",
-            d = dir.display()
-        ));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stdout, "exit=125\nfiller\n", "named={named}, stderr: {stderr}");
-        assert!(
-            stderr.contains(&format!("{}/job.lock", dir.display())) && stderr.contains("free some space"),
-            "{stderr}"
+        let fill = "(cat /dev/zero > '{d}/filler' 2>/dev/null; true)";
+        let left = fails_on_tmpfs("size=8k", fill, &format!("XLOCK_NAMED_TEMP={named}"), "free some space");
+        assert_eq!(
+            left, "filler\n",
+            "named={named}: the lock or a temp file was left behind"
         );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
 
