@@ -119,3 +119,31 @@ fn help_and_version_exit_0() {
         .success()
         .stdout(format!("xlock {}\n", env!("CARGO_PKG_VERSION")));
 }
+
+/// Core dumps are off when xlock re-raises a fatal signal: with dumps allowed, the
+/// command dumps core (its `core` file appears), xlock does not (bash, its parent,
+/// would say "(core dumped)").
+#[test]
+fn xlock_does_not_dump_core_when_it_re_raises() {
+    let sandbox = Sandbox::new();
+    let script = format!(
+        "ulimit -c unlimited; '{}' '{}' sh -c 'kill -SEGV $$'; echo xlock=$?; ls",
+        xlock_bin().display(),
+        sandbox.lock().display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(sandbox.dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        stdout, "xlock=139\ncore\n",
+        "dumps were not allowed, or xlock failed; stderr: {stderr}"
+    );
+    assert!(stderr.contains("Segmentation fault"), "{stderr}");
+    assert!(!stderr.contains("core dumped"), "xlock dumped core: {stderr}");
+}
