@@ -5,5 +5,7 @@ complete -c xlock -s n -l nonblock -d 'Fail at once if the lock is busy (same as
 complete -c xlock -s v -l verbose -d 'Say on stderr what happened: waits, take-overs, release'
 complete -c xlock -s q -l quiet -d 'Print nothing of xlock\'s own but errors'
 complete -c xlock -l close -d 'Do not let the command inherit the lock: if xlock dies, the command is killed'
+complete -c xlock -l status -d 'Report each LOCK (free, held by whom, stale) instead of running anything; exit 0 if all are free, 75 (or -E) if any is held'
+complete -c xlock -l json -d 'With --status: print one JSON object per lock'
 complete -c xlock -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c xlock -s V -l version -d 'Print version'

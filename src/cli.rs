@@ -24,7 +24,7 @@ use crate::exit::Exit;
 #[command(
     name = "xlock",
     version,
-    override_usage = "xlock [OPTIONS] LOCK [--] COMMAND [ARG]...\n       xlock [OPTIONS] LOCK -c 'SHELL COMMAND'",
+    override_usage = "xlock [OPTIONS] LOCK [--] COMMAND [ARG]...\n       xlock [OPTIONS] LOCK -c 'SHELL COMMAND'\n       xlock --status [--json] LOCK...",
     after_help = "Exit status: the command's own; 75 (or -E N) if the lock was busy; \
                   125 if xlock failed; 126 if COMMAND could not be executed; 127 if it was \
                   not found. If the command dies of a signal, xlock dies of the same signal."
@@ -58,6 +58,15 @@ pub struct Cli {
     /// Do not let the command inherit the lock: if xlock dies, the command is killed
     #[arg(long = "close")]
     pub close: bool,
+
+    /// Report each LOCK (free, held by whom, stale) instead of running anything; exit 0
+    /// if all are free, 75 (or -E) if any is held
+    #[arg(long = "status", conflicts_with_all = ["timeout", "nonblock", "shell", "close"])]
+    pub status: bool,
+
+    /// With --status: print one JSON object per lock
+    #[arg(long = "json", requires = "status")]
+    pub json: bool,
 
     /// The lock file: exists exactly while the lock is held
     #[arg(value_name = "LOCK")]
@@ -104,10 +113,19 @@ pub struct Config {
     pub close: bool,
 }
 
+/// `--status`: which locks to report, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusQuery {
+    pub locks: Vec<PathBuf>,
+    pub json: bool,
+    pub busy_exit: u8,
+}
+
 /// The outcome of reading the command line.
 #[derive(Debug)]
 pub enum Parsed {
     Run(Config),
+    Status(StatusQuery),
     /// `--help` or `--version`: print this on stdout and exit 0.
     Print(String),
 }
@@ -124,7 +142,11 @@ where
         Ok(cli) => cli,
         Err(err) => return clap_outcome(err),
     };
-    cli.validate().map(Parsed::Run)
+    if cli.status {
+        cli.validate_status().map(Parsed::Status)
+    } else {
+        cli.validate().map(Parsed::Run)
+    }
 }
 
 fn clap_outcome(err: clap::Error) -> Result<Parsed, String> {
@@ -133,14 +155,37 @@ fn clap_outcome(err: clap::Error) -> Result<Parsed, String> {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Ok(Parsed::Print(err.render().to_string())),
         _ => {
             let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            // clap's first paragraph, on one line (some messages list names below it).
+            let first = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
             Err(format!("{first}; see 'xlock --help'"))
         }
     }
 }
 
 impl Cli {
+    fn validate_status(self) -> Result<StatusQuery, String> {
+        let first = self
+            .lock
+            .ok_or("--status needs at least one LOCK; usage: xlock --status [--json] LOCK...")?;
+        let locks: Vec<PathBuf> = std::iter::once(first)
+            .chain(self.command.into_iter().map(PathBuf::from))
+            .collect();
+        for lock in &locks {
+            check_lock_path(lock)?;
+        }
+        Ok(StatusQuery {
+            locks,
+            json: self.json,
+            busy_exit: self.conflict_exit_code,
+        })
+    }
+
     fn validate(self) -> Result<Config, String> {
         let lock = self
             .lock
@@ -389,6 +434,26 @@ mod tests {
             assert!(err.contains(needle), "{args:?}: {err}");
             assert!(!err.contains('\n'), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn status_takes_every_word_as_a_lock() {
+        let mut argv = vec!["xlock", "--status", "--json", "-E", "9", "a.lock", "-b.lock", "c.lock"];
+        match parse(argv.clone()) {
+            Ok(Parsed::Status(query)) => {
+                assert_eq!(
+                    query.locks,
+                    [PathBuf::from("a.lock"), "-b.lock".into(), "c.lock".into()]
+                );
+                assert!(query.json);
+                assert_eq!(query.busy_exit, 9);
+            }
+            other => panic!("{other:?}"),
+        }
+        argv.truncate(2);
+        assert!(matches!(parse(argv), Err(m) if m.contains("LOCK")));
+        assert!(error(&["--json", "L", "true"]).contains("--status"));
+        assert!(error(&["--status", "-n", "L"]).contains("--nonblock"));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use crate::signals;
 /// The status xlock should end with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// xlock did what was asked without running a command (`--help`, `--status`).
+    Success,
     /// The command ran and exited with this code, passed through unchanged.
     Child(u8),
     /// The command was killed by this signal: xlock dies of the same signal.
@@ -28,6 +30,7 @@ impl Exit {
     /// reports, which xlock uses only where it cannot die of the signal itself.
     pub fn code(self) -> i32 {
         match self {
+            Exit::Success => 0,
             Exit::Child(code) | Exit::Busy(code) => i32::from(code),
             Exit::Signaled(signal) => 128 + signal,
             Exit::Failure => 125,
@@ -51,6 +54,7 @@ mod tests {
 
     #[test]
     fn codes_follow_the_contract() {
+        assert_eq!(Exit::Success.code(), 0);
         assert_eq!(Exit::Child(0).code(), 0);
         assert_eq!(Exit::Child(7).code(), 7);
         assert_eq!(Exit::Child(255).code(), 255);

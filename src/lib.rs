@@ -33,9 +33,13 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
             status::error(&err);
             Exit::Failure
         }),
+        Ok(Parsed::Status(query)) => status(&query).unwrap_or_else(|err| {
+            status::error(&err);
+            Exit::Failure
+        }),
         Ok(Parsed::Print(text)) => {
             print!("{text}");
-            Exit::Child(0)
+            Exit::Success
         }
         Err(message) => {
             status::line(format_args!("{message}"));
@@ -99,6 +103,22 @@ fn execute(config: &Config) -> Result<Exit> {
             Err(err)
         }
     }
+}
+
+/// `--status`: reports each lock; 0 if all are free (or stale), 75 (or `-E`) if any is
+/// held, 125 if any could not be inspected or is not a lock file.
+fn status(query: &cli::StatusQuery) -> Result<Exit> {
+    let me = Identity::current()?;
+    let mut worst = status::Verdict::Free;
+    for lock in &query.locks {
+        let state = LockPath::new(lock).and_then(|path| lock::inspect(&path, &me));
+        worst = worst.max(status::print_state(lock, &state, query.json));
+    }
+    Ok(match worst {
+        status::Verdict::Free => Exit::Success,
+        status::Verdict::Held => Exit::Busy(query.busy_exit),
+        status::Verdict::Error => Exit::Failure,
+    })
 }
 
 fn pending_fatal_signal(signals: &Signals) -> Result<Option<i32>> {

@@ -163,7 +163,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
             break; // an ambiguous link() reply (NFS): it was ours all along
         }
         // Step 3: the holder's process lock.
-        match wait_for(KernelLock::Process, &theirs.file, req)? {
+        match wait_for(KernelLock::Process, &theirs, req)? {
             Waited::Got(w) => waited |= w,
             Waited::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
             Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
@@ -172,7 +172,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
         if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
             continue;
         }
-        match wait_for(KernelLock::Command, &theirs.file, req)? {
+        match wait_for(KernelLock::Command, &theirs, req)? {
             Waited::Got(w) => waited |= w,
             Waited::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
             Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
@@ -196,9 +196,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
     if named {
         sweep(req.lock);
     }
-    if waited {
-        req.report.acquired_after(started.elapsed());
-    }
+    req.report.acquired(waited.then(|| started.elapsed()));
     Ok(Acquired::Held(held))
 }
 
@@ -265,6 +263,106 @@ impl Held {
         drop(self.file);
         Ok(())
     }
+}
+
+/// What `--status` reports of a lock (SPEC §2).
+#[derive(Debug)]
+pub enum State {
+    Free,
+    /// Held: by a live xlock, or, if `orphans` is not empty, by the command tree of
+    /// an xlock that died (these processes still have the file open).
+    Held {
+        record: Record,
+        orphans: Vec<(i32, String)>,
+    },
+    /// The holder is gone; the next acquirer takes the lock over.
+    Stale {
+        record: Record,
+    },
+    /// Not a lock record; why.
+    Foreign(String),
+}
+
+/// Inspects LOCK without changing it: it may hold the dead holder's flock for a moment
+/// (there is no other way to ask), and only asks about the command lock.
+pub fn inspect(lock: &LockPath, me: &Identity) -> Result<State> {
+    if !lock.dir.is_dir() {
+        bail!(
+            "cannot inspect {}: the directory {} does not exist",
+            lock.shown(),
+            lock.dir.display()
+        );
+    }
+    let theirs = match open_record(&lock.path).map_err(|err| read_error(lock, err))? {
+        Found::Vanished => return Ok(State::Free),
+        Found::Foreign(why) => return Ok(State::Foreign(why)),
+        Found::Record(theirs) => theirs,
+    };
+    let lock_error = |err: io::Error| anyhow!("cannot inspect {}: {}", lock.shown(), io_reason(&err));
+    if !KernelLock::Process.take(&theirs.file, false).map_err(lock_error)? {
+        return Ok(State::Held {
+            record: theirs.record,
+            orphans: Vec::new(),
+        });
+    }
+    if !theirs.at(&lock.path).map_err(lock_error)? {
+        return Ok(State::Free); // released a moment ago
+    }
+    if command_lock_held(&theirs.file).map_err(lock_error)? {
+        let orphans = processes_with_open(theirs.file_id);
+        return Ok(State::Held {
+            record: theirs.record,
+            orphans,
+        });
+    }
+    if liveness::holder_process(&theirs.record, me).map_err(lock_error)? == Holder::Running {
+        return Ok(State::Held {
+            record: theirs.record,
+            orphans: Vec::new(),
+        });
+    }
+    Ok(State::Stale { record: theirs.record })
+}
+
+/// Whether someone holds the command lock on this file (asked, not taken).
+fn command_lock_held(file: &File) -> io::Result<bool> {
+    let mut query = libc::flock {
+        l_type: libc::F_RDLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: COMMAND_BYTE,
+        l_len: 1,
+        l_pid: 0,
+    };
+    fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut query))?;
+    Ok(query.l_type != libc::F_UNLCK as i16)
+}
+
+/// The processes (PID, name) that have the file `id` open: OFD locks carry no PID, so
+/// /proc/*/fd is the way to tell who keeps a dead holder's command lock.
+fn processes_with_open(id: (u64, u64)) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return found };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| id_of(&m) == id))
+        {
+            let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, name.trim().to_owned()));
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Our lock file before it is at LOCK.
@@ -678,16 +776,25 @@ enum Waited {
 /// Takes `kind` on `file`, waiting until the deadline if it is held. The blocking
 /// call runs on a helper thread, so the main thread can watch signals and the
 /// deadline; a helper left behind by a timeout or signal ends with the process.
-fn wait_for(kind: KernelLock, file: &File, req: &Request<'_>) -> Result<Waited> {
+fn wait_for(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
     let lock_error = |err: io::Error| anyhow!("cannot lock {}: {}", req.lock.shown(), io_reason(&err));
-    if kind.take(file, false).map_err(lock_error)? {
+    if kind.take(&theirs.file, false).map_err(lock_error)? {
         return Ok(Waited::Got(false));
     }
     if req.deadline.passed() {
         return Ok(Waited::TimedOut);
     }
+    req.report.waiting(&theirs.record);
+    let outcome = block_on(kind, theirs, req);
+    req.report.done_waiting();
+    outcome
+}
+
+/// The blocking part of [`wait_for`], keeping the waiting notice current.
+fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
+    let lock_error = |err: io::Error| anyhow!("cannot lock {}: {}", req.lock.shown(), io_reason(&err));
     let waiting_error = |err: io::Error| anyhow!("cannot wait for {}: {}", req.lock.shown(), io_reason(&err));
-    let blocking = file.try_clone().map_err(waiting_error)?;
+    let blocking = theirs.file.try_clone().map_err(waiting_error)?;
     let (done_rx, done_tx) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|err| waiting_error(err.into()))?;
     let helper = thread::spawn(move || {
@@ -696,7 +803,7 @@ fn wait_for(kind: KernelLock, file: &File, req: &Request<'_>) -> Result<Waited> 
         result
     });
     loop {
-        match req.signals.wait(Some(done_rx.as_fd()), req.deadline.remaining())? {
+        match req.signals.wait(Some(done_rx.as_fd()), next_wake(req, None))? {
             Event::Ready => {
                 let taken = helper.join().map_err(|_| anyhow!("the lock-waiting thread panicked"))?;
                 taken.map_err(lock_error)?;
@@ -706,9 +813,19 @@ fn wait_for(kind: KernelLock, file: &File, req: &Request<'_>) -> Result<Waited> 
                 return Ok(Waited::Interrupted(signals::number(&info)));
             }
             Event::Timeout if req.deadline.passed() => return Ok(Waited::TimedOut),
-            Event::Signal(_) | Event::Timeout | Event::Again => {}
+            Event::Timeout => req.report.waiting(&theirs.record),
+            Event::Signal(_) | Event::Again => {}
         }
     }
+}
+
+/// How long a wait may sleep: until the deadline, the notice's next tick or `limit`,
+/// whichever comes first (`None`: no limit at all).
+fn next_wake(req: &Request<'_>, limit: Option<Duration>) -> Option<Duration> {
+    [req.deadline.remaining(), req.report.tick(), limit]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// Cross-checks a holder whose kernel locks are free (SPEC §4.3): while its recorded
@@ -716,6 +833,12 @@ fn wait_for(kind: KernelLock, file: &File, req: &Request<'_>) -> Result<Waited> 
 /// disk this is only the moment between a killed xlock dropping its flock and the
 /// kernel finishing its exit.
 fn wait_for_holder_process(theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
+    let outcome = poll_holder_process(theirs, req);
+    req.report.done_waiting();
+    outcome
+}
+
+fn poll_holder_process(theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
     let mut pause = Duration::from_millis(1);
     let mut waited = false;
     loop {
@@ -725,8 +848,8 @@ fn wait_for_holder_process(theirs: &TheirFile, req: &Request<'_>) -> Result<Wait
         if req.deadline.passed() {
             return Ok(Waited::TimedOut);
         }
-        let timeout = req.deadline.remaining().map_or(pause, |left| left.min(pause));
-        if let Event::Signal(info) = req.signals.wait(None, Some(timeout))? {
+        req.report.waiting(&theirs.record);
+        if let Event::Signal(info) = req.signals.wait(None, next_wake(req, Some(pause)))? {
             if signals::ends_wait(signals::number(&info)) {
                 return Ok(Waited::Interrupted(signals::number(&info)));
             }

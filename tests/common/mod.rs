@@ -304,6 +304,14 @@ impl Pty {
         // tests start meanwhile must not inherit the master, or dropping ours would not
         // hang the terminal up.
         let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
+        let size = nix::libc::winsize {
+            ws_row: 50,
+            ws_col: 200,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the struct it is given.
+        unsafe { nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), nix::libc::TIOCSWINSZ, &size) };
         nix::pty::grantpt(&master).expect("grantpt");
         nix::pty::unlockpt(&master).expect("unlockpt");
         let slave: std::os::fd::OwnedFd = fs::OpenOptions::new()
