@@ -189,22 +189,6 @@ fn bad_options_and_missing_command() {
     }
 }
 
-/// Runs `script` in a new user and mount namespace, where this process is root and may
-/// mount a tmpfs of its own; returns its output.
-fn in_mount_namespace(script: &str) -> Output {
-    let out = std::process::Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
-        .arg(xlock_bin())
-        .output()
-        .expect("unshare (util-linux) is needed for the read-only and full-disk cases");
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("unshare failed"),
-        "this machine does not allow user namespaces: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Mounts a tmpfs with `options` on a new directory (in a namespace of its own), runs
 /// `setup` there (`{d}` stands for the directory), then `env ENV xlock {d}/job.lock
 /// echo ran`. Asserts that xlock failed with one line naming the lock and containing
@@ -218,7 +202,8 @@ fn fails_on_tmpfs(options: &str, setup: &str, env: &str, reason: &str) -> String
     let out = in_mount_namespace(&format!(
         "mount -t tmpfs -o {options} none '{d}' && {setup} && \
          env {env} \"$0\" '{d}/job.lock' echo ran; echo \"exit=$?\"; ls -A '{d}'"
-    ));
+    ))
+    .unwrap_or_else(|why| panic!("{why}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let (status, listing) = stdout.split_once('\n').expect("exit line");

@@ -215,9 +215,7 @@ fn killed_holder_with_close_is_taken_over_at_once(t: Temp) {
 fn sixteen_waiters_on_a_stale_lock_never_overlap(t: Temp) {
     let sandbox = Sandbox::new();
     let (lock, log) = (sandbox.lock(), sandbox.path("log"));
-    let mut holder = t.hold(&["--close"], &lock, "exec sleep 30");
-    holder.kill(Signal::SIGKILL);
-    holder.wait();
+    t.make_stale(&lock);
     let section = format!("{}; sleep 0.01; {}", stamp("B", &log), stamp("E", &log));
     let waiters: Vec<_> = (0..16)
         .map(|_| {
@@ -227,17 +225,7 @@ fn sixteen_waiters_on_a_stale_lock_never_overlap(t: Temp) {
                 .unwrap()
         })
         .collect();
-    let mut takeovers = 0;
-    for waiter in waiters {
-        let out = waiter.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{:?}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        takeovers += String::from_utf8_lossy(&out.stderr).matches("took over stale").count();
-    }
+    let takeovers = count_takeovers(waiters);
     assert_eq!(takeovers, 1, "exactly one waiter takes the stale lock over");
     assert_eq!(assert_sections_never_overlap(&log), 16);
     assert_eq!(sandbox.entries(), ["log"]);

@@ -23,15 +23,6 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// A stale lock: its holder xlock (with --close, so no command tree) was SIGKILLed.
-fn make_stale(lock: &std::path::Path) -> u32 {
-    let mut holder = hold(&["--close"], lock, "exec sleep 30");
-    let pid = holder.child.id();
-    holder.kill(Signal::SIGKILL);
-    holder.wait();
-    pid
-}
-
 #[test]
 fn status_of_a_free_lock() {
     let sandbox = Sandbox::new();
@@ -89,7 +80,7 @@ fn status_of_a_held_lock_names_the_holder() {
 fn status_of_a_stale_lock() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let dead = make_stale(&lock);
+    let dead = Temp::Unnamed.make_stale(&lock);
     let before = sandbox.snapshot();
     let out = status(&[lock.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "a stale lock is not held");
@@ -241,7 +232,7 @@ fn verbose_lines() {
     assert_eq!(lines.len(), 3, "{stderr}");
     assert!(holder.wait().success());
 
-    let dead = make_stale(&lock);
+    let dead = Temp::Unnamed.make_stale(&lock);
     let out = xlock(["-v", lock.to_str().unwrap(), "true"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -266,6 +266,31 @@ impl Temp {
     }
 }
 
+impl Temp {
+    /// Leaves a stale lock at `lock`: its holder xlock (with --close, so no command tree
+    /// survives it) is SIGKILLed. Returns the dead holder's PID.
+    pub fn make_stale(self, lock: &Path) -> u32 {
+        let mut holder = self.hold(&["--close"], lock, "exec sleep 30");
+        let pid = holder.child.id();
+        holder.kill(Signal::SIGKILL);
+        holder.wait();
+        pid
+    }
+}
+
+/// Waits for xlocks started with `-v` and stderr piped; asserts each succeeded, and
+/// returns how many took a stale lock over.
+pub fn count_takeovers(waiters: Vec<Child>) -> usize {
+    let mut takeovers = 0;
+    for waiter in waiters {
+        let out = waiter.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+        takeovers += stderr.matches("took over stale").count();
+    }
+    takeovers
+}
+
 /// Defines each listed `fn name(temp: Temp)` as two tests, one per temp-file mode.
 #[macro_export]
 macro_rules! tests_in_both_temp_modes {
@@ -418,4 +443,20 @@ pub fn parent_of(pid: i32) -> i32 {
 pub fn state_of(pid: i32) -> char {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+/// Runs `script` with sh in a new user and mount namespace, where it is root and may
+/// mount a tmpfs of its own; `$0` is the xlock binary. `Err` says why that is not
+/// possible on this machine (no user namespaces, no unshare).
+pub fn in_mount_namespace(script: &str) -> Result<std::process::Output, String> {
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+        .arg(xlock_bin())
+        .output()
+        .map_err(|err| format!("cannot run unshare (util-linux): {err}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.starts_with("unshare: ") {
+        return Err(format!("this machine does not allow user namespaces: {stderr}"));
+    }
+    Ok(out)
 }
