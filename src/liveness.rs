@@ -67,7 +67,10 @@ fn proc_error(path: &str, err: io::Error) -> anyhow::Error {
 pub fn proc_stat(pid: i32) -> io::Result<Option<(u64, char)>> {
     let text = match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // ESRCH: the process ended between the open and the read.
+        Err(err) if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(nix::libc::ESRCH) => {
+            return Ok(None)
+        }
         Err(err) => return Err(err),
     };
     parse_stat(&text).map(Some).ok_or_else(|| {
