@@ -797,15 +797,23 @@ fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<W
     let blocking = theirs.file.try_clone().map_err(waiting_error)?;
     let (done_rx, done_tx) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|err| waiting_error(err.into()))?;
-    let helper = thread::spawn(move || {
-        let result = kind.take(&blocking, true);
-        let _ = nix::unistd::write(&done_tx, b".");
-        result
-    });
+    // The result goes through a channel before the pipe wakes us, so we go on without
+    // joining: a join would wait for the thread's teardown, on the hand-off's path.
+    let (result_tx, result_rx) = std::sync::mpsc::channel();
+    thread::Builder::new()
+        .name("xlock-wait".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = result_tx.send(kind.take(&blocking, true));
+            let _ = nix::unistd::write(&done_tx, b".");
+        })
+        .map_err(waiting_error)?;
     loop {
         match req.signals.wait(Some(done_rx.as_fd()), next_wake(req, None))? {
             Event::Ready => {
-                let taken = helper.join().map_err(|_| anyhow!("the lock-waiting thread panicked"))?;
+                let taken = result_rx
+                    .recv()
+                    .map_err(|_| anyhow!("the lock-waiting thread failed"))?;
                 taken.map_err(lock_error)?;
                 return Ok(Waited::Got(true));
             }
@@ -842,7 +850,15 @@ fn poll_holder_process(theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> 
     let mut pause = Duration::from_millis(1);
     let mut waited = false;
     loop {
-        if liveness::holder_process(&theirs.record, req.me)? != Holder::Running || !theirs.at(&req.lock.path)? {
+        let running = liveness::holder_process(&theirs.record, req.me).map_err(|err| {
+            anyhow!(
+                "cannot check the holder of {} (pid {}): {}",
+                req.lock.shown(),
+                theirs.record.pid,
+                io_reason(&err)
+            )
+        })?;
+        if running != Holder::Running || !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
             return Ok(Waited::Got(waited));
         }
         if req.deadline.passed() {

@@ -1,0 +1,522 @@
+//! xlock against flock(1) and the other lock tools, in one run (SPEC §7).
+//!
+//!     cargo bench --bench compare
+//!
+//! Measures, interleaving the tools so that drift on a shared machine hits them alike:
+//! 1. uncontended cost of `TOOL LOCK true` (median, p95, ratios);
+//! 2. hand-off: holder's command ends -> waiter's command starts, stamped by the
+//!    commands themselves (a tiny C program reading CLOCK_REALTIME);
+//! 3. take-over: holder's wrapper SIGKILLed -> waiter's command starts;
+//! 4. throughput: 4 processes x 200 runs on one lock;
+//! 5. peak RSS of the wrapper process (wait4's rusage).
+//!
+//! xlock is measured as `cargo build --release` makes it and as a static build
+//! (`-C target-feature=+crt-static`, built here into target/static). A peer that is
+//! not installed is listed as skipped. Settings: XLOCK_BENCH_ROUNDS (uncontended
+//! rounds, default 300), XLOCK_BENCH_HANDOFFS (default 100).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How a tool runs a command under a lock.
+#[derive(Clone)]
+struct Tool {
+    name: &'static str,
+    /// The words before LOCK; `None` for procmail's lockfile, which only makes the lock.
+    program: Option<Vec<String>>,
+    /// Words between LOCK and the command.
+    after_lock: Vec<String>,
+    /// Runs the command and waits for it (as opposed to exec'ing it).
+    fork_and_wait: bool,
+}
+
+impl Tool {
+    fn new(name: &'static str, program: &[&str], fork_and_wait: bool) -> Tool {
+        Tool {
+            name,
+            program: Some(program.iter().map(|s| s.to_string()).collect()),
+            after_lock: Vec::new(),
+            fork_and_wait,
+        }
+    }
+
+    fn command(&self, lock: &Path, cmd: &[&str]) -> Command {
+        match &self.program {
+            Some(program) => {
+                let mut command = Command::new(&program[0]);
+                command.args(&program[1..]).arg(lock).args(&self.after_lock).args(cmd);
+                command
+            }
+            None => {
+                let mut command = Command::new("sh");
+                command
+                    .arg("-c")
+                    .arg("lockfile -1 -r -1 \"$0\" && { \"$@\"; s=$?; rm -f \"$0\"; exit $s; }")
+                    .arg(lock)
+                    .args(cmd);
+                command
+            }
+        }
+    }
+
+    fn run(&self, lock: &Path, cmd: &[&str]) -> Child {
+        self.command(lock, cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn installed(&self) -> bool {
+        let program = self.program.as_ref().map_or("lockfile", |p| p[0].as_str());
+        Path::new(program).is_absolute() && Path::new(program).exists()
+            || Command::new("sh")
+                .args(["-c", &format!("command -v {program} >/dev/null")])
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn work_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-compare");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The C helper that stamps CLOCK_REALTIME into a file: starts in well under a
+/// millisecond, so the stamps measure the lock tools, not the stamper.
+fn build_stamp(dir: &Path) -> PathBuf {
+    let source = dir.join("stamp.c");
+    fs::write(
+        &source,
+        "#include <stdio.h>\n#include <time.h>\nint main(int c, char **v) { struct timespec t; \
+         clock_gettime(CLOCK_REALTIME, &t); FILE *f = fopen(v[1], \"w\"); \
+         fprintf(f, \"%lld\\n\", (long long)t.tv_sec * 1000000000LL + t.tv_nsec); return fclose(f); }\n",
+    )
+    .unwrap();
+    let stamp = dir.join("stamp");
+    let ok = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&stamp)
+        .arg(&source)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "the benchmark needs a C compiler (cc) for its timestamp helper");
+    stamp
+}
+
+/// A C launcher that forks, execs its arguments and prints the child's peak RSS from
+/// wait4. Linux counts the RSS a child had before exec (a copy of its parent) in
+/// ru_maxrss, so a small C parent keeps that floor low.
+fn build_rss(dir: &Path) -> PathBuf {
+    let source = dir.join("rss.c");
+    fs::write(
+        &source,
+        "#include <stdio.h>\n#include <unistd.h>\n#include <sys/resource.h>\n#include <sys/wait.h>\n\
+         int main(int c, char **v) { pid_t p = fork(); if (p == 0) { execvp(v[1], v + 1); _exit(127); } \
+         int s; struct rusage u; wait4(p, &s, 0, &u); printf(\"%ld\\n\", u.ru_maxrss); return 0; }\n",
+    )
+    .unwrap();
+    let rss = dir.join("rss");
+    let ok = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&rss)
+        .arg(&source)
+        .status()
+        .is_ok_and(|s| s.success())
+        || Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&rss)
+            .arg(&source)
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(ok, "the benchmark needs a C compiler (cc) for its RSS helper");
+    rss
+}
+
+/// xlock linked statically (no dynamic loader at start-up), built into target/static.
+fn build_static_xlock() -> Option<PathBuf> {
+    let rustc = Command::new("rustc").arg("-vV").output().ok()?;
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--bin",
+            "xlock",
+            "--target",
+            &host,
+            "--target-dir",
+        ])
+        .arg(root.join("target/static"))
+        .current_dir(&root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .ok()?;
+    let binary = root.join("target/static").join(&host).join("release/xlock");
+    (status.success() && binary.exists()).then_some(binary)
+}
+
+fn read_stamp(path: &Path) -> Option<i128> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let dir = work_dir();
+    let stamp = build_stamp(&dir);
+    let stamp_s = stamp.to_str().unwrap().to_owned();
+    let xlock = env!("CARGO_BIN_EXE_xlock");
+    let static_xlock = build_static_xlock();
+
+    let mut tools = vec![Tool::new("xlock", &[xlock], true)];
+    if let Some(path) = &static_xlock {
+        tools.push(Tool::new("xlock (static)", &[path.to_str().unwrap()], true));
+    }
+    tools.extend([
+        Tool::new("flock(1)", &["flock"], true),
+        Tool::new("lckdo -w", &["lckdo", "-w"], true),
+        Tool {
+            after_lock: Vec::new(),
+            ..Tool::new("dotlockfile -l", &["dotlockfile", "-l", "-r", "-1"], true)
+        },
+        Tool::new("with-lock-ex -w", &["with-lock-ex", "-w"], false),
+        Tool::new("chpst -l", &["chpst", "-l"], false),
+        Tool {
+            program: None,
+            after_lock: Vec::new(),
+            name: "lockfile (procmail)",
+            fork_and_wait: true,
+        },
+    ]);
+    let (present, missing): (Vec<Tool>, Vec<Tool>) = tools.into_iter().partition(Tool::installed);
+
+    println!("# xlock benchmark");
+    println!();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap().trim().to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "{} UTC; {} cores ({cpu}); Linux {}; lock files in {}",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim(),
+        dir.display()
+    );
+    if static_xlock.is_none() {
+        println!("xlock (static): skipped, the static build failed");
+    }
+    for tool in &missing {
+        println!("{}: skipped, not installed", tool.name);
+    }
+    println!();
+
+    uncontended(&dir, &present);
+    let handoff_median = handoff(&dir, &present, &stamp_s);
+    takeover(&dir, &present, &stamp_s, handoff_median);
+    throughput(&dir, &present);
+    peak_rss(&dir, &present, &build_rss(&dir));
+}
+
+/// Section 1: Uncontended `TOOL LOCK true`, interleaved round by round.
+fn uncontended(dir: &Path, tools: &[Tool]) {
+    let rounds = setting("XLOCK_BENCH_ROUNDS", 300);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tools.len() + 1];
+    for round in 0..rounds {
+        for (i, tool) in tools.iter().enumerate() {
+            let lock = dir.join(format!("uncontended.{i}.lock"));
+            let started = Instant::now();
+            let status = tool.run(&lock, &["true"]).wait().unwrap();
+            samples[i].push(started.elapsed().as_secs_f64() * 1e3);
+            assert!(status.success(), "{} failed in round {round}", tool.name);
+        }
+        let started = Instant::now();
+        Command::new("true").status().unwrap();
+        samples[tools.len()].push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |i: usize, samples: &mut Vec<Vec<f64>>| percentile(&mut samples[i], 0.5);
+    let index = |name: &str| tools.iter().position(|t| t.name == name);
+    println!("## 1. Uncontended `TOOL LOCK true` ({rounds} runs each, interleaved)");
+    println!();
+    println!("| tool | kind | median ms | p95 ms | vs flock(1) | vs lckdo |");
+    println!("|---|---|---|---|---|---|");
+    let flock = index("flock(1)").map(|i| median(i, &mut samples));
+    let lckdo = index("lckdo -w").map(|i| median(i, &mut samples));
+    for (i, tool) in tools.iter().enumerate() {
+        let m = median(i, &mut samples);
+        let p95 = percentile(&mut samples[i], 0.95);
+        let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", m / b));
+        let kind = if tool.fork_and_wait {
+            "fork and wait"
+        } else {
+            "exec (cannot release)"
+        };
+        println!(
+            "| {} | {kind} | {m:.2} | {p95:.2} | {} | {} |",
+            tool.name,
+            ratio(flock),
+            ratio(lckdo)
+        );
+    }
+    let m = median(tools.len(), &mut samples);
+    println!(
+        "| plain `true` | floor | {m:.2} | {:.2} | - | - |",
+        percentile(&mut samples[tools.len()], 0.95)
+    );
+    println!();
+}
+
+/// Section 2: Hand-off latency for the fork-and-wait tools that block on a kernel lock.
+/// Returns xlock's median, in ms.
+fn handoff(dir: &Path, tools: &[Tool], stamp: &str) -> f64 {
+    let n = setting("XLOCK_BENCH_HANDOFFS", 100);
+    let chosen: Vec<&Tool> = tools
+        .iter()
+        .filter(|t| t.name.starts_with("xlock") || t.name == "flock(1)")
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); chosen.len()];
+    let mut discarded = 0;
+    for round in 0..n {
+        for (i, tool) in chosen.iter().enumerate() {
+            let lock = dir.join(format!("handoff.{i}.lock"));
+            let (end, start) = (dir.join(format!("end.{i}")), dir.join(format!("start.{i}")));
+            let _ = (fs::remove_file(&end), fs::remove_file(&start));
+            let holder_cmd = format!("sleep 0.02; exec '{stamp}' '{}'", end.display());
+            let mut holder = tool.run(&lock, &["sh", "-c", &holder_cmd]);
+            thread::sleep(Duration::from_millis(8)); // the holder gets the lock first
+            let mut waiter = tool.run(&lock, &[stamp, start.to_str().unwrap()]);
+            holder.wait().unwrap();
+            waiter.wait().unwrap();
+            match (read_stamp(&end), read_stamp(&start)) {
+                (Some(e), Some(s)) if s > e => samples[i].push((s - e) as f64 / 1e6),
+                _ => discarded += 1, // the waiter got there first: not a hand-off
+            }
+            let _ = round;
+        }
+    }
+    println!("## 2. Hand-off: holder's command ends -> waiter's command starts ({n} each)");
+    println!();
+    println!("| tool | median ms | p95 ms |");
+    println!("|---|---|---|");
+    let mut xlock_median = f64::NAN;
+    for (i, tool) in chosen.iter().enumerate() {
+        let m = percentile(&mut samples[i], 0.5);
+        if tool.name == "xlock" {
+            xlock_median = m;
+        }
+        println!("| {} | {m:.2} | {:.2} |", tool.name, percentile(&mut samples[i], 0.95));
+    }
+    if discarded > 0 {
+        println!();
+        println!("({discarded} rounds discarded: the waiter started before the holder)");
+    }
+    println!();
+    xlock_median
+}
+
+/// Section 3: Take-over: the holder's wrapper is SIGKILLed while a waiter waits.
+fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
+    let mut rows: Vec<(String, Tool, usize, &str)> = Vec::new();
+    for tool in tools {
+        match tool.name {
+            "xlock" | "xlock (static)" => {
+                let mut close = tool.clone();
+                close.program.as_mut().unwrap().push("--close".into());
+                rows.push((format!("{} --close", tool.name), close, 30, "sleep 3"));
+                rows.push((
+                    format!("{} (command gets SIGTERM)", tool.name),
+                    tool.clone(),
+                    30,
+                    "sleep 3",
+                ));
+            }
+            "flock(1)" | "lckdo -w" => rows.push((tool.name.to_owned(), tool.clone(), 3, "sleep 3")),
+            "dotlockfile -l" => {
+                let mut pid = tool.clone();
+                pid.program
+                    .as_mut()
+                    .unwrap()
+                    .extend(["-p".to_owned(), "-i".to_owned(), "1".to_owned()]);
+                rows.push(("dotlockfile -l -p -i 1".into(), pid, 3, "sleep 3"));
+            }
+            "lockfile (procmail)" => rows.push(("lockfile (stale after its -l 2)".into(), tool.clone(), 3, "sleep 3")),
+            _ => {}
+        }
+    }
+    println!("## 3. Take-over: holder's wrapper SIGKILLed -> waiter's command starts");
+    println!();
+    println!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({handoff_median:.2} ms) + 1 ms.");
+    println!();
+    println!("| tool | runs | median ms | p95 ms | how the lock comes free |");
+    println!("|---|---|---|---|---|");
+    for (i, (name, tool, runs, holder_cmd)) in rows.into_iter().enumerate() {
+        let mut samples = Vec::new();
+        for round in 0..runs {
+            let lock = dir.join(format!("takeover.{i}.{round}.lock"));
+            let start = dir.join(format!("takeover.{i}.start"));
+            let _ = fs::remove_file(&start);
+            let holder_args: Vec<&str> = holder_cmd.split(' ').collect();
+            let mut holder = if name.starts_with("lockfile") {
+                // procmail's lockfile: -l 2 makes a lock older than 2 s stale.
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "lockfile -1 -r -1 -l 2 \"$0\" && exec \"$@\"",
+                    lock.to_str().unwrap(),
+                ])
+                .args(&holder_args);
+                c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+            } else {
+                tool.run(&lock, &holder_args)
+            };
+            thread::sleep(Duration::from_millis(60)); // the holder holds the lock
+            let mut waiter = if name.starts_with("lockfile") {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "lockfile -1 -r -1 -l 2 \"$0\" && { \"$@\"; rm -f \"$0\"; }",
+                    lock.to_str().unwrap(),
+                ])
+                .args([stamp, start.to_str().unwrap()]);
+                c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+            } else {
+                tool.run(&lock, &[stamp, start.to_str().unwrap()])
+            };
+            thread::sleep(Duration::from_millis(20)); // the waiter waits
+            let killed = now_ns();
+            let _ = holder.kill();
+            let _ = holder.wait();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while waiter.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let _ = waiter.kill();
+            let _ = waiter.wait();
+            if let Some(s) = read_stamp(&start) {
+                samples.push((s - killed) as f64 / 1e6);
+            }
+            // Let an orphaned `sleep 3` (flock, lckdo) end before the next round.
+            let _ = Command::new("pkill").args(["-f", "^sleep 3$"]).status();
+        }
+        let how = match name.as_str() {
+            n if n.contains("--close") => "xlock's flock dies with it; the command is SIGKILLed",
+            n if n.starts_with("xlock") => "the command gets SIGTERM and ends; its command lock goes",
+            "flock(1)" => "never while the command runs: the orphaned command keeps the lock",
+            "lckdo -w" => "at once, but the orphaned command runs on: no exclusion from it",
+            n if n.starts_with("dotlockfile") => "a retry (every 1 s) finds the recorded pid dead",
+            _ => "forced removal once older than -l, then lockfile suspends 16 s (-s)",
+        };
+        if samples.is_empty() {
+            println!("| {name} | {runs} | - | - | {how} (not within 15 s) |");
+        } else {
+            let (m, p95) = (percentile(&mut samples, 0.5), percentile(&mut samples, 0.95));
+            println!("| {name} | {runs} | {m:.2} | {p95:.2} | {how} |");
+        }
+    }
+    println!();
+}
+
+/// Section 4: Throughput: 4 processes x 200 runs each on one lock.
+fn throughput(dir: &Path, tools: &[Tool]) {
+    let (procs, runs) = (4, 200);
+    let cap = Duration::from_secs(60);
+    println!("## 4. Throughput: {procs} processes x {runs} runs of `TOOL LOCK true` on one lock");
+    println!();
+    println!("| tool | wall s | runs/s |");
+    println!("|---|---|---|");
+    for (i, tool) in tools.iter().enumerate() {
+        let lock = dir.join(format!("throughput.{i}.lock"));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..procs)
+            .map(|_| {
+                let (tool, lock) = (tool.clone(), lock.clone());
+                thread::spawn(move || {
+                    let mut done = 0;
+                    for _ in 0..runs {
+                        if started.elapsed() > cap {
+                            break;
+                        }
+                        if tool.run(&lock, &["true"]).wait().unwrap().success() {
+                            done += 1;
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        let done: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        let wall = started.elapsed().as_secs_f64();
+        if done < procs * runs {
+            println!(
+                "| {} | > {} | {:.0} (only {done} of {} runs in {}s) |",
+                tool.name,
+                cap.as_secs(),
+                done as f64 / wall,
+                procs * runs,
+                cap.as_secs()
+            );
+        } else {
+            println!("| {} | {wall:.2} | {:.0} |", tool.name, done as f64 / wall);
+        }
+    }
+    println!();
+}
+
+/// Section 5: Peak RSS of the wrapper process, from wait4 in a small C parent.
+fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
+    println!("## 5. Peak RSS of the wrapper running `true` (max of 20 runs, wait4 from a small C parent)");
+    println!();
+    let floor = Command::new(rss).arg("true").output().unwrap();
+    println!(
+        "The floor (the C parent's own pages, counted before exec): `true` alone shows {} KiB.",
+        String::from_utf8_lossy(&floor.stdout).trim()
+    );
+    println!();
+    println!("| tool | peak RSS KiB |");
+    println!("|---|---|");
+    for (i, tool) in tools.iter().enumerate() {
+        let lock = dir.join(format!("rss.{i}.lock"));
+        let mut peak = 0u64;
+        for _ in 0..20 {
+            let command = tool.command(&lock, &["true"]);
+            let out = Command::new(rss)
+                .arg(command.get_program())
+                .args(command.get_args())
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            peak = peak.max(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0));
+        }
+        println!("| {} | {peak} |", tool.name);
+    }
+    println!();
+}
