@@ -77,13 +77,13 @@ fn ctrl_c_reaches_the_child_once() {
     }
 }
 
-/// Acceptance 3: in a bash loop on a terminal, one Ctrl-C ends the loop: xlock dies of
-/// SIGINT, so bash does too.
-#[test]
-fn ctrl_c_ends_a_shell_loop() {
+/// Runs `for i in 1 2 3; do xlock LOCK -- sh -c 'TRAP echo RUNNING; sleep 1'; echo NEXT;
+/// done` in bash on a terminal, types one Ctrl-C while the first command runs, and
+/// returns how bash ended and what the terminal showed after the Ctrl-C.
+fn ctrl_c_in_a_bash_loop(trap: &str) -> (std::process::ExitStatus, String) {
     let sandbox = Sandbox::new();
     let script = format!(
-        "for i in 1 2 3; do '{}' '{}' -- sh -c 'echo RUN''NING; sleep 1'; echo NE''XT; done",
+        "for i in 1 2 3; do '{}' '{}' -- sh -c '{trap} echo RUN''NING; sleep 1'; echo NE''XT; done",
         xlock_bin().display(),
         sandbox.lock().display()
     );
@@ -96,30 +96,24 @@ fn ctrl_c_ends_a_shell_loop() {
     pty.send(b"\x03");
     let status = pty.child.wait().unwrap();
     let rest = pty.rest();
+    assert!(!sandbox.lock().exists());
+    (status, rest)
+}
+
+/// Acceptance 3: in a bash loop on a terminal, one Ctrl-C ends the loop: xlock dies of
+/// SIGINT, so bash does too.
+#[test]
+fn ctrl_c_ends_a_shell_loop() {
+    let (status, rest) = ctrl_c_in_a_bash_loop("");
     assert!(!rest.contains("NEXT"), "the loop went on: {rest:?}");
     assert_eq!(status.signal(), Some(Signal::SIGINT as i32), "bash: {status:?}");
-    assert!(!sandbox.lock().exists());
 }
 
 /// Acceptance 3: a command that traps INT and exits 0 lets the loop go on, as it
 /// would without xlock.
 #[test]
 fn ctrl_c_handled_by_the_command_lets_the_loop_go_on() {
-    let sandbox = Sandbox::new();
-    let script = format!(
-        "for i in 1 2 3; do '{}' '{}' -- sh -c 'trap \"exit 0\" INT; echo RUN''NING; sleep 1'; echo NE''XT; done",
-        xlock_bin().display(),
-        sandbox.lock().display()
-    );
-    let mut pty = Pty::spawn({
-        let mut bash = Command::new("bash");
-        bash.args(["--norc", "--noprofile", "-c", &script]);
-        bash
-    });
-    pty.expect("RUNNING");
-    pty.send(b"\x03");
-    let status = pty.child.wait().unwrap();
-    let rest = pty.rest();
+    let (status, rest) = ctrl_c_in_a_bash_loop("trap \"exit 0\" INT;");
     assert_eq!(rest.matches("NEXT").count(), 3, "{rest:?}");
     assert!(status.success(), "bash: {status:?}");
 }
