@@ -224,16 +224,13 @@ impl Held {
 
     /// Whether LOCK is still this holder's file with its nonce.
     pub fn is_ours(&self) -> io::Result<bool> {
-        if !self.at_lock()? {
-            return Ok(false);
-        }
         Ok(match open_record(&self.lock.path)? {
             Found::Record(found) => found.same_file(&self.file_id) && found.record.nonce == self.nonce,
             Found::Vanished | Found::Foreign(_) => false,
         })
     }
 
-    /// Whether LOCK is our inode (no descriptor needed).
+    /// Whether LOCK is our inode (no descriptor needed: for when `is_ours` fails).
     fn at_lock(&self) -> io::Result<bool> {
         match fs::symlink_metadata(&self.lock.path) {
             Ok(meta) => Ok(id_of(&meta) == self.file_id),
@@ -777,8 +774,7 @@ enum Waited {
 /// call runs on a helper thread, so the main thread can watch signals and the
 /// deadline; a helper left behind by a timeout or signal ends with the process.
 fn wait_for(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
-    let lock_error = |err: io::Error| anyhow!("cannot lock {}: {}", req.lock.shown(), io_reason(&err));
-    if kind.take(&theirs.file, false).map_err(lock_error)? {
+    if kind.take(&theirs.file, false).map_err(|err| lock_error(req, err))? {
         return Ok(Waited::Got(false));
     }
     if req.deadline.passed() {
@@ -792,7 +788,6 @@ fn wait_for(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<W
 
 /// The blocking part of [`wait_for`], keeping the waiting notice current.
 fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
-    let lock_error = |err: io::Error| anyhow!("cannot lock {}: {}", req.lock.shown(), io_reason(&err));
     let waiting_error = |err: io::Error| anyhow!("cannot wait for {}: {}", req.lock.shown(), io_reason(&err));
     let blocking = theirs.file.try_clone().map_err(waiting_error)?;
     let (done_rx, done_tx) =
@@ -814,7 +809,7 @@ fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<W
                 let taken = result_rx
                     .recv()
                     .map_err(|_| anyhow!("the lock-waiting thread failed"))?;
-                taken.map_err(lock_error)?;
+                taken.map_err(|err| lock_error(req, err))?;
                 return Ok(Waited::Got(true));
             }
             Event::Signal(info) if signals::ends_wait(signals::number(&info)) => {
@@ -825,6 +820,10 @@ fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<W
             Event::Signal(_) | Event::Again => {}
         }
     }
+}
+
+fn lock_error(req: &Request<'_>, err: io::Error) -> anyhow::Error {
+    anyhow!("cannot lock {}: {}", req.lock.shown(), io_reason(&err))
 }
 
 /// How long a wait may sleep: until the deadline, the notice's next tick or `limit`,
