@@ -232,11 +232,7 @@ impl Held {
 
     /// Whether LOCK is our inode (no descriptor needed: for when `is_ours` fails).
     fn at_lock(&self) -> io::Result<bool> {
-        match fs::symlink_metadata(&self.lock.path) {
-            Ok(meta) => Ok(id_of(&meta) == self.file_id),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(err),
-        }
+        is_at(&self.lock.path, self.file_id)
     }
 
     /// Releases the lock (SPEC §4.5): verify it is ours, unlink it, then close. A lock
@@ -385,6 +381,11 @@ impl TempName {
             let _ = fs::remove_file(temp);
         }
     }
+
+    /// The name is no longer ours (renamed into place, or swept): never remove it.
+    fn forget(&mut self) {
+        self.0 = None;
+    }
 }
 
 impl Drop for TempName {
@@ -441,7 +442,7 @@ impl Candidate {
             }
             // Swept: the name is gone (or another's), so dropping must not remove it.
             let mut swept = ours;
-            swept.temp.0 = None;
+            swept.temp.forget();
         }
         bail!(
             "temporary files in {} keep disappearing; is something cleaning that directory?",
@@ -453,7 +454,7 @@ impl Candidate {
     fn temp_name_is_ours(&self) -> bool {
         self.temp
             .as_ref()
-            .is_none_or(|temp| fs::symlink_metadata(temp).map(|m| id_of(&m)).ok() == Some(self.file_id))
+            .is_none_or(|temp| is_at(temp, self.file_id).unwrap_or(false))
     }
 
     /// An unnamed O_TMPFILE where the file system has them, else a named temp file.
@@ -497,8 +498,8 @@ impl Candidate {
     fn link(&mut self, lock: &LockPath) -> Result<bool> {
         let linked = match self.temp.as_ref() {
             Some(temp) => {
-                // A sweeper may have taken the name before our flock: it must still be ours.
-                if fs::symlink_metadata(temp).map(|m| id_of(&m)).ok() != Some(self.file_id) {
+                // Only something other than xlock can take the name while we hold the flock.
+                if !self.temp_name_is_ours() {
                     bail!(
                         "the temporary file {} was removed under xlock; is something cleaning {}?",
                         temp.display(),
@@ -507,18 +508,11 @@ impl Candidate {
                 }
                 fs::hard_link(temp, &lock.path)
             }
-            None => nix::unistd::linkat(
-                AT_FDCWD,
-                &fd_path(&self.file),
-                AT_FDCWD,
-                &lock.path,
-                AtFlags::AT_SYMLINK_FOLLOW,
-            )
-            .map_err(io::Error::from),
+            None => link_fd(&self.file, &lock.path),
         };
         match linked {
             Ok(()) => {
-                self.drop_temp_name();
+                self.temp.remove();
                 Ok(true)
             }
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -533,30 +527,19 @@ impl Candidate {
             Some(temp) => temp.clone(),
             None => {
                 let temp = lock.temp_name(&self.nonce);
-                nix::unistd::linkat(
-                    AT_FDCWD,
-                    &fd_path(&self.file),
-                    AT_FDCWD,
-                    &temp,
-                    AtFlags::AT_SYMLINK_FOLLOW,
-                )
-                .map_err(|err| create_error(lock, err.into()))?;
+                link_fd(&self.file, &temp).map_err(|err| create_error(lock, err))?;
                 self.temp.0 = Some(temp.clone());
                 temp
             }
         };
         fs::rename(&temp, &lock.path).map_err(|err| create_error(lock, err))?;
-        self.temp.0 = None;
+        self.temp.forget();
         Ok(())
-    }
-
-    fn drop_temp_name(&mut self) {
-        self.temp.remove();
     }
 
     /// Step 5: LOCK is our inode with our nonce.
     fn into_held(mut self, lock: &LockPath) -> Result<Held> {
-        self.drop_temp_name();
+        self.temp.remove();
         let held = Held {
             lock: lock.clone(),
             file: self.file,
@@ -605,11 +588,7 @@ impl TheirFile {
 
     /// Whether this file is still the one at LOCK.
     fn at(&self, lock: &Path) -> io::Result<bool> {
-        match fs::symlink_metadata(lock) {
-            Ok(meta) => Ok(id_of(&meta) == self.file_id),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(err),
-        }
+        is_at(lock, self.file_id)
     }
 }
 
@@ -707,6 +686,20 @@ fn read_error(lock: &LockPath, err: io::Error) -> anyhow::Error {
         _ => io_reason(&err),
     };
     anyhow!("cannot read the lock file {}: {reason}", lock.shown())
+}
+
+/// Whether `path` (not followed if a link) names the file `id`; a missing path does not.
+fn is_at(path: &Path, id: (u64, u64)) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(id_of(&meta) == id),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Links the (possibly unnamed) file behind `file` at `dest`.
+fn link_fd(file: &File, dest: &Path) -> io::Result<()> {
+    nix::unistd::linkat(AT_FDCWD, &fd_path(file), AT_FDCWD, dest, AtFlags::AT_SYMLINK_FOLLOW).map_err(io::Error::from)
 }
 
 fn id_of(meta: &fs::Metadata) -> (u64, u64) {
@@ -894,7 +887,7 @@ fn sweep(lock: &LockPath) {
         if !meta.is_file() || file.try_lock().is_err() {
             continue;
         }
-        if fs::symlink_metadata(&path).map(|m| id_of(&m)).ok() == Some(id_of(&meta)) {
+        if is_at(&path, id_of(&meta)).unwrap_or(false) {
             let _ = fs::remove_file(&path);
         }
     }
