@@ -112,15 +112,27 @@ fn build_stamp(dir: &Path) -> PathBuf {
          fprintf(f, \"%lld\\n\", (long long)t.tv_sec * 1000000000LL + t.tv_nsec); return fclose(f); }\n",
     )
     .unwrap();
-    let stamp = dir.join("stamp");
-    let ok = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&stamp)
-        .arg(&source)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "the benchmark needs a C compiler (cc) for its timestamp helper");
-    stamp
+    compile_c(&source, false, "its timestamp helper")
+}
+
+/// Compiles `source` next to it (with `statically`, static where the C library allows,
+/// else dynamic), or stops the benchmark saying what needed a C compiler.
+fn compile_c(source: &Path, statically: bool, what: &str) -> PathBuf {
+    let binary = source.with_extension("");
+    let cc = |flags: &[&str]| {
+        Command::new("cc")
+            .args(flags)
+            .arg("-o")
+            .arg(&binary)
+            .arg(source)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        (statically && cc(&["-O2", "-static"])) || cc(&["-O2"]),
+        "the benchmark needs a C compiler (cc) for {what}"
+    );
+    binary
 }
 
 /// A C launcher that forks, execs its arguments and prints the child's peak RSS from
@@ -135,21 +147,7 @@ fn build_rss(dir: &Path) -> PathBuf {
          int s; struct rusage u; wait4(p, &s, 0, &u); printf(\"%ld\\n\", u.ru_maxrss); return 0; }\n",
     )
     .unwrap();
-    let rss = dir.join("rss");
-    let ok = Command::new("cc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&rss)
-        .arg(&source)
-        .status()
-        .is_ok_and(|s| s.success())
-        || Command::new("cc")
-            .args(["-O2", "-o"])
-            .arg(&rss)
-            .arg(&source)
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(ok, "the benchmark needs a C compiler (cc) for its RSS helper");
-    rss
+    compile_c(&source, true, "its RSS helper")
 }
 
 /// xlock linked statically (no dynamic loader at start-up), built into target/static.
