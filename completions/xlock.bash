@@ -23,7 +23,7 @@ _xlock() {
 
     case "${cmd}" in
         xlock)
-            opts="-w -n -E -c -v -q -h -V --timeout --nonblock --conflict-exit-code --command --verbose --quiet --close --status --json --help --version"
+            opts="-w -n -E -c -v -q -h -V --timeout --nonblock --conflict-exit-code --command --verbose --quiet --close --stale-after --status --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -50,6 +50,10 @@ _xlock() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stale-after)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

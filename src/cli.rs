@@ -27,7 +27,11 @@ use crate::exit::Exit;
     override_usage = "xlock [OPTIONS] LOCK [--] COMMAND [ARG]...\n       xlock [OPTIONS] LOCK -c 'SHELL COMMAND'\n       xlock --status [--json] LOCK...",
     after_help = "Exit status: the command's own; 75 (or -E N) if the lock was busy; \
                   125 if xlock failed; 126 if COMMAND could not be executed; 127 if it was \
-                  not found. If the command dies of a signal, xlock dies of the same signal."
+                  not found. If the command dies of a signal, xlock dies of the same signal.\n\n\
+                  Environment: the command gets XLOCK_PATH (the lock's absolute path) and \
+                  XLOCK_HELD (the locks its xlock ancestors hold); an xlock inside it on one of \
+                  those locks runs at once. XLOCK_NO_KERNEL_LOCKS=1 makes xlock decide by the \
+                  holder's record and poll, as on a file system without locks."
 )]
 pub struct Cli {
     /// Wait at most DUR for the lock: 250ms, 5s, 1m30s, or a number of seconds (0.5).
@@ -58,6 +62,11 @@ pub struct Cli {
     /// Do not let the command inherit the lock: if xlock dies, the command is killed
     #[arg(long = "close")]
     pub close: bool,
+
+    /// How old another host's heartbeat (the lock file's mtime) may get before its lock
+    /// counts as stale; the holder refreshes it every DUR/3
+    #[arg(long = "stale-after", value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub stale_after: Duration,
 
     /// Report each LOCK (free, held by whom, stale) instead of running anything; exit 0
     /// if all are free, 75 (or -E) if any is held
@@ -111,6 +120,8 @@ pub struct Config {
     pub busy_exit: u8,
     pub verbosity: Verbosity,
     pub close: bool,
+    /// Another host's lock is stale once its heartbeat is this old; ours beats every third of it.
+    pub stale_after: Duration,
 }
 
 /// `--status`: which locks to report, and how.
@@ -119,6 +130,7 @@ pub struct StatusQuery {
     pub locks: Vec<PathBuf>,
     pub json: bool,
     pub busy_exit: u8,
+    pub stale_after: Duration,
 }
 
 /// The outcome of reading the command line.
@@ -183,6 +195,7 @@ impl Cli {
             locks,
             json: self.json,
             busy_exit: self.conflict_exit_code,
+            stale_after: check_stale_after(self.stale_after)?,
         })
     }
 
@@ -223,8 +236,20 @@ impl Cli {
             busy_exit: self.conflict_exit_code,
             verbosity,
             close: self.close,
+            stale_after: check_stale_after(self.stale_after)?,
         })
     }
+}
+
+/// `--stale-after` must leave room for heartbeats: at least 3 ms (one every millisecond).
+fn check_stale_after(stale_after: Duration) -> Result<Duration, String> {
+    if stale_after < Duration::from_millis(3) {
+        return Err(format!(
+            "--stale-after {} is too short: the holder's heartbeat comes every third of it; use a duration of at least 3ms (default 30s)",
+            humantime::format_duration(stale_after)
+        ));
+    }
+    Ok(stale_after)
 }
 
 /// Rejects LOCK paths that cannot name a lock file, before any file is touched.
@@ -400,6 +425,11 @@ mod tests {
         assert_eq!(run(&["L", "true"]).wait, Wait::Forever);
         assert_eq!(run(&["L", "true"]).busy_exit, 75);
         assert!(run(&["--close", "L", "true"]).close);
+        assert_eq!(run(&["L", "true"]).stale_after, Duration::from_secs(30));
+        assert_eq!(
+            run(&["--stale-after", "2m", "L", "true"]).stale_after,
+            Duration::from_secs(120)
+        );
     }
 
     #[test]
@@ -429,6 +459,8 @@ mod tests {
             (&["-n", "-w", "1", "L", "true"][..], "--timeout"),
             (&["-q", "-v", "L", "true"][..], "--quiet"),
             (&["--frobnicate", "L", "true"][..], "--frobnicate"),
+            (&["--stale-after", "0", "L", "true"][..], "--stale-after 0s"),
+            (&["--stale-after", "later", "L", "true"][..], "later"),
         ] {
             let err = error(args);
             assert!(err.contains(needle), "{args:?}: {err}");

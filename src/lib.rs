@@ -9,6 +9,7 @@ pub mod cli;
 pub mod exit;
 pub mod liveness;
 pub mod lock;
+pub mod nesting;
 pub mod record;
 pub mod signals;
 pub mod status;
@@ -54,6 +55,15 @@ fn execute(config: &Config) -> Result<Exit> {
     let me = Identity::current()?;
     let lock = LockPath::new(&config.lock)?;
     let report = Reporter::new(config.verbosity, &config.lock);
+    let inherited = nesting::Inherited::from_env();
+    if inherited != nesting::Inherited::default() {
+        if let Some(holder) = lock::current_record(&lock)?.filter(|r| inherited.holds(&r.nonce)) {
+            // An ancestor holds this very acquisition: run at once, leave the lock to it.
+            report.nested(&holder);
+            let env = inherited.child_env(&lock.path, &holder.nonce);
+            return supervise::run(config, None, &env, &signals);
+        }
+    }
     let record = Record {
         xlock: Record::version(),
         pid: me.pid,
@@ -72,6 +82,7 @@ fn execute(config: &Config) -> Result<Exit> {
         me: &me,
         signals: &signals,
         report: &report,
+        stale_after: config.stale_after,
     };
     let started = std::time::Instant::now();
     let held = match lock::acquire(&request, record)? {
@@ -86,7 +97,11 @@ fn execute(config: &Config) -> Result<Exit> {
     // A signal that came while acquiring ends xlock before the command starts.
     let outcome = match pending_fatal_signal(&signals) {
         Ok(Some(signal)) => Ok(Exit::Signaled(signal)),
-        Ok(None) => supervise::run(config, &held, &signals),
+        Ok(None) => {
+            let (path, nonce) = held.identity();
+            let env = inherited.child_env(path, nonce);
+            supervise::run(config, Some(&held), &env, &signals)
+        }
         Err(err) => Err(err),
     };
     let released = held.release();
@@ -111,7 +126,7 @@ fn status(query: &cli::StatusQuery) -> Result<Exit> {
     let me = Identity::current()?;
     let mut worst = status::Verdict::Free;
     for lock in &query.locks {
-        let state = LockPath::new(lock).and_then(|path| lock::inspect(&path, &me));
+        let state = LockPath::new(lock).and_then(|path| lock::inspect(&path, &me, query.stale_after));
         worst = worst.max(status::print_state(lock, &state, query.json));
     }
     Ok(match worst {

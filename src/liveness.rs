@@ -1,14 +1,27 @@
 //! Liveness evidence (SPEC §4.1, §4.3): who this process is (PID, start time, PID
-//! namespace, boot id, host), and whether a record's holder process still runs.
+//! namespace, boot id, host), and the evidence table that says whether a record's
+//! holder is alive once its kernel locks are free (or the file system has none).
 //!
 //! Kernel locks are the primary evidence; the record's process is the cross-check.
 //! It matters even on a local disk: a SIGKILLed xlock drops its flock while the
 //! kernel tears it down (exit_files) *before* it sends its command the parent-death
 //! signal (exit_notify), so "lock free" alone may come a moment too early. A holder
 //! that is still running (not yet a zombie) is therefore treated as alive.
+//!
+//! The table ([`judge`]):
+//! - same boot id, same PID namespace: the recorded process (PID + start time) runs →
+//!   alive. Without kernel locks, processes that have the lock file open for writing
+//!   (the command's tree, which inherited it) are alive too.
+//! - same boot id, another PID namespace: the PID means nothing here; the kernel locks
+//!   decided. Without kernel locks, the heartbeat decides, as for another host.
+//! - another boot id, our host name, written before this machine booted: stale.
+//! - anything else (another machine): alive while the file's mtime (the holder's
+//!   heartbeat) is younger than `--stale-after`.
 
+use std::fmt;
 use std::fs;
 use std::io;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
@@ -28,9 +41,11 @@ impl Identity {
     /// Reads this process's identity from /proc and the kernel.
     pub fn current() -> Result<Identity> {
         let pid = std::process::id() as i32;
-        let (start, _) = proc_stat(pid)
+        // /proc/self, not /proc/PID: in a PID namespace whose /proc is the parent's,
+        // PID names another process there.
+        let (start, _) = read_stat("/proc/self/stat")
             .and_then(|stat| stat.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
-            .map_err(|err| proc_error(&format!("/proc/{pid}/stat"), err))?;
+            .map_err(|err| proc_error("/proc/self/stat", err))?;
         let pidns = fs::read_link("/proc/self/ns/pid")
             .map_err(|err| proc_error("/proc/self/ns/pid", err))?
             .to_string_lossy()
@@ -65,7 +80,11 @@ fn proc_error(path: &str, err: io::Error) -> anyhow::Error {
 /// Start time (field 22) and state (field 3) of a process, or `None` if there is no
 /// such process.
 pub fn proc_stat(pid: i32) -> io::Result<Option<(u64, char)>> {
-    let text = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+    read_stat(&format!("/proc/{pid}/stat"))
+}
+
+fn read_stat(path: &str) -> io::Result<Option<(u64, char)>> {
+    let text = match fs::read_to_string(path) {
         Ok(text) => text,
         // ESRCH: the process ended between the open and the read.
         Err(err) if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(nix::libc::ESRCH) => {
@@ -73,12 +92,9 @@ pub fn proc_stat(pid: i32) -> io::Result<Option<(u64, char)>> {
         }
         Err(err) => return Err(err),
     };
-    parse_stat(&text).map(Some).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected /proc/{pid}/stat: {text}"),
-        )
-    })
+    parse_stat(&text)
+        .map(Some)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected {path}: {text}")))
 }
 
 /// Parses /proc/PID/stat. The command name (field 2) may hold spaces and ')', so
@@ -111,6 +127,169 @@ pub fn holder_process(record: &Record, me: &Identity) -> io::Result<Holder> {
         Some((start, state)) if start == record.start && !matches!(state, 'Z' | 'X' | 'x') => Holder::Running,
         _ => Holder::Gone,
     })
+}
+
+/// Why a holder counts as alive although its kernel locks are free (or absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alive {
+    /// Its xlock process runs.
+    Running,
+    /// Its xlock is gone, but these processes (PID, name) still have the lock file
+    /// open for writing: its command's tree (no kernel locks to say so).
+    Command(Vec<(i32, String)>),
+    /// Another host (or namespace): its heartbeat is this old, younger than `--stale-after`.
+    Heartbeat(Duration),
+}
+
+/// Why a holder's lock is stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// Its xlock process has ended (or its PID is another process's now).
+    Died,
+    /// Another PID namespace on this kernel, whose kernel locks are free.
+    LocksFree,
+    /// It ran on this host before the host rebooted.
+    Rebooted,
+    /// Another host, whose heartbeat stopped this long ago.
+    Silent(Duration),
+}
+
+/// The evidence table's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Alive(Alive),
+    Stale(Stale),
+}
+
+impl Stale {
+    /// For "took over stale LOCK {from}": `from dead pid 42`.
+    pub fn from_holder(&self, record: &Record) -> String {
+        let pid = record.pid;
+        match self {
+            Stale::Died => format!("from dead pid {pid}"),
+            Stale::LocksFree => format!("from pid {pid} of another PID namespace, whose locks were free"),
+            Stale::Rebooted => format!("from pid {pid}, which held it before this host rebooted"),
+            Stale::Silent(age) => format!("from pid {pid}, whose heartbeat stopped {} ago", whole_seconds(*age)),
+        }
+    }
+}
+
+impl fmt::Display for Stale {
+    /// For `--status`: `stale (holder pid 42 died)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stale::Died => write!(f, "died"),
+            Stale::LocksFree => write!(f, "in another PID namespace holds no kernel lock"),
+            Stale::Rebooted => write!(f, "held it before this host rebooted"),
+            Stale::Silent(age) => write!(f, "sent no heartbeat for {}", whole_seconds(*age)),
+        }
+    }
+}
+
+fn whole_seconds(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// What else is known of a holder whose record is `record`.
+pub struct Facts<'a> {
+    pub me: &'a Identity,
+    /// Whether the file system has kernel locks, and they were found free.
+    pub kernel_locks: bool,
+    /// The lock file's (device, inode), to find processes that have it open.
+    pub file_id: (u64, u64),
+    /// How old the lock file's mtime is.
+    pub heartbeat_age: Duration,
+    pub stale_after: Duration,
+}
+
+/// The evidence table of SPEC §4.3, for a holder whose kernel locks are free or absent.
+pub fn judge(record: &Record, facts: &Facts<'_>) -> io::Result<Verdict> {
+    let me = facts.me;
+    if record.boot == me.boot && (record.pidns == me.pidns || facts.kernel_locks) {
+        if holder_process(record, me)? == Holder::Running {
+            return Ok(Verdict::Alive(Alive::Running));
+        }
+        if record.pidns != me.pidns {
+            return Ok(Verdict::Stale(Stale::LocksFree));
+        }
+        if !facts.kernel_locks {
+            let writers = processes_with_open(facts.file_id, true);
+            if !writers.is_empty() {
+                return Ok(Verdict::Alive(Alive::Command(writers)));
+            }
+        }
+        return Ok(Verdict::Stale(Stale::Died));
+    }
+    if record.boot != me.boot && record.host == me.host && written_before_boot(record) {
+        return Ok(Verdict::Stale(Stale::Rebooted));
+    }
+    Ok(if facts.heartbeat_age < facts.stale_after {
+        Verdict::Alive(Alive::Heartbeat(facts.heartbeat_age))
+    } else {
+        Verdict::Stale(Stale::Silent(facts.heartbeat_age))
+    })
+}
+
+/// Whether the record was written before this machine booted (`btime` in /proc/stat).
+fn written_before_boot(record: &Record) -> bool {
+    let Ok(since) = humantime::parse_rfc3339(&record.since) else {
+        return false;
+    };
+    boot_time().is_some_and(|booted| since < booted)
+}
+
+fn boot_time() -> Option<SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let seconds: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// The processes (PID, name) that have the file `id` open (with `writers`: open for
+/// writing, as the holder and its command's tree have it; waiters only read it).
+/// OFD locks carry no PID, so /proc/*/fd is the way to tell who keeps a lock file.
+/// Other users' processes are visible only to root.
+pub fn processes_with_open(id: (u64, u64), writers: bool) -> Vec<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return found };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let has_it = fds.flatten().any(|fd| {
+            fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == id)
+                && (!writers || opened_for_writing(pid, &fd.file_name()))
+        });
+        if has_it {
+            let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, name.trim().to_owned()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Whether descriptor `fd` of process `pid` is open for writing (its `flags:` in fdinfo).
+fn opened_for_writing(pid: i32, fd: &std::ffi::OsStr) -> bool {
+    let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())) else {
+        return false;
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|flags| i64::from_str_radix(flags.trim(), 8).ok())
+        .is_some_and(|flags| flags & i64::from(nix::libc::O_ACCMODE) != i64::from(nix::libc::O_RDONLY))
 }
 
 #[cfg(test)]
@@ -187,5 +366,59 @@ mod tests {
         let mut other = record_of(&me, me.pid, me.start);
         other.boot = "another".into();
         assert_eq!(holder_process(&other, &me).unwrap(), Holder::Unknown);
+    }
+
+    #[test]
+    fn evidence_table() {
+        let me = Identity::current().unwrap();
+        let facts = |kernel_locks, age| Facts {
+            me: &me,
+            kernel_locks,
+            file_id: (0, 0),
+            heartbeat_age: Duration::from_secs(age),
+            stale_after: Duration::from_secs(30),
+        };
+        let alive = |record: &Record, kernel_locks, age| judge(record, &facts(kernel_locks, age)).unwrap();
+        // Same kernel, same namespace: the recorded process decides, not the heartbeat.
+        let live = record_of(&me, me.pid, me.start);
+        assert_eq!(alive(&live, true, 3600), Verdict::Alive(Alive::Running));
+        let dead = record_of(&me, me.pid, me.start + 1);
+        assert_eq!(alive(&dead, true, 0), Verdict::Stale(Stale::Died));
+        assert_eq!(alive(&dead, false, 0), Verdict::Stale(Stale::Died));
+        // Same kernel, another namespace: the PID is not looked at.
+        let mut other_ns = live.clone();
+        other_ns.pidns = "pid:[1]".into();
+        assert_eq!(alive(&other_ns, true, 0), Verdict::Stale(Stale::LocksFree));
+        assert_eq!(
+            alive(&other_ns, false, 5),
+            Verdict::Alive(Alive::Heartbeat(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            alive(&other_ns, false, 31),
+            Verdict::Stale(Stale::Silent(Duration::from_secs(31)))
+        );
+        // This host before its reboot; this host after it (a clock gone wrong?) and
+        // another host go by the heartbeat.
+        let mut rebooted = live.clone();
+        rebooted.boot = "another".into();
+        rebooted.since = "2000-01-01T00:00:00.000Z".into();
+        assert_eq!(alive(&rebooted, true, 0), Verdict::Stale(Stale::Rebooted));
+        rebooted.since = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        assert_eq!(
+            alive(&rebooted, true, 0),
+            Verdict::Alive(Alive::Heartbeat(Duration::ZERO))
+        );
+        let mut elsewhere = live;
+        elsewhere.boot = "another".into();
+        elsewhere.host = "elsewhere".into();
+        elsewhere.since = "2000-01-01T00:00:00.000Z".into();
+        assert_eq!(
+            alive(&elsewhere, true, 29),
+            Verdict::Alive(Alive::Heartbeat(Duration::from_secs(29)))
+        );
+        assert_eq!(
+            alive(&elsewhere, false, 30),
+            Verdict::Stale(Stale::Silent(Duration::from_secs(30)))
+        );
     }
 }

@@ -11,7 +11,14 @@
 //! - the *command lock*: an open-file-description lock (F_OFD_SETLK) on byte
 //!   [`COMMAND_BYTE`], on a descriptor the command inherits, so the command's process
 //!   tree keeps it while it runs, even after xlock is gone.
+//!
+//! Once a holder's kernel locks are free, the evidence table ([`liveness::judge`])
+//! has the last word. Where the file system refuses locks (or [`NO_KERNEL_LOCKS_ENV`]
+//! says so), the table runs on the record alone: waiters poll with backoff, and a
+//! take-over is arbitrated by a *claim*: a hard link of the taker's file, named after
+//! the stale record's nonce, that only one waiter can create (see [`claim_stale`]).
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -20,14 +27,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, AtFlags, FcntlArg, AT_FDCWD};
 use nix::libc;
 
-use crate::liveness::{self, Holder, Identity};
+use crate::liveness::{self, Facts, Identity, Stale, Verdict};
 use crate::record::{self, NotARecord, Record};
 use crate::signals::{self, Event, Signals};
 use crate::status::{io_reason, Reporter};
@@ -37,8 +44,24 @@ use crate::status::{io_reason, Reporter};
 const COMMAND_BYTE: i64 = 1;
 /// Suffix of the temporary names in LOCK's directory.
 const TEMP_SUFFIX: &str = ".xlock-tmp";
+/// Suffix of the claim names of a no-locks take-over.
+const CLAIM_SUFFIX: &str = ".xlock-claim";
 /// Forces named temp files instead of O_TMPFILE (for tests of that path).
 pub const NAMED_TEMP_ENV: &str = "XLOCK_NAMED_TEMP";
+/// Forces the no-locks mode, as on a file system that refuses locks (`=1`).
+pub const NO_KERNEL_LOCKS_ENV: &str = "XLOCK_NO_KERNEL_LOCKS";
+/// Polling in no-locks mode starts at this pause, doubling up to [`POLL_MAX`].
+const POLL_FIRST: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+fn env_is_1(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v == "1")
+}
+
+/// Whether a lock call failed because the file system has no locks at all.
+fn locks_unsupported(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS))
+}
 
 /// LOCK, resolved once.
 #[derive(Debug, Clone)]
@@ -77,25 +100,44 @@ impl LockPath {
         self.dir.join(name)
     }
 
-    /// Whether a directory entry is one of this lock's temporary names.
-    fn is_temp_name(&self, entry: &[u8]) -> bool {
-        let name = self.name.as_bytes();
-        let Some(rest) = entry
-            .strip_prefix(b".")
-            .and_then(|r| r.strip_prefix(name))
-            .and_then(|r| r.strip_prefix(b"."))
-        else {
-            return false;
+    /// The name of the `level`th claim on the stale record with nonce `stale`.
+    fn claim_name(&self, stale: &str, level: u32) -> PathBuf {
+        let mut name = OsString::from(".");
+        name.push(&self.name);
+        name.push(format!(".{stale}-{level}{CLAIM_SUFFIX}"));
+        self.dir.join(name)
+    }
+
+    /// What a directory entry is, if it is one of this lock's temporary or claim names.
+    fn side_file<'e>(&self, entry: &'e [u8]) -> Option<SideFile<'e>> {
+        let rest = entry
+            .strip_prefix(b".")?
+            .strip_prefix(self.name.as_bytes())?
+            .strip_prefix(b".")?;
+        let (nonce, side) = if let Some(nonce) = rest.strip_suffix(TEMP_SUFFIX.as_bytes()) {
+            (nonce, SideFile::Temp)
+        } else {
+            let claim = rest.strip_suffix(CLAIM_SUFFIX.as_bytes())?;
+            let (nonce, level) = claim.split_at(claim.iter().position(|&b| b == b'-')?);
+            if level.len() < 2 || !level[1..].iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            (nonce, SideFile::Claim { stale: nonce })
         };
-        let Some(nonce) = rest.strip_suffix(TEMP_SUFFIX.as_bytes()) else {
-            return false;
-        };
-        nonce.len() == 32 && nonce.iter().all(u8::is_ascii_hexdigit)
+        (nonce.len() == 32 && nonce.iter().all(u8::is_ascii_hexdigit)).then_some(side)
     }
 
     fn shown(&self) -> String {
         self.given.display().to_string()
     }
+}
+
+/// A file next to LOCK that xlock made.
+enum SideFile<'e> {
+    /// A temp file, before it is linked to LOCK.
+    Temp,
+    /// A claim on the stale record with this nonce.
+    Claim { stale: &'e [u8] },
 }
 
 /// When waiting ends.
@@ -137,19 +179,34 @@ pub struct Request<'a> {
     pub me: &'a Identity,
     pub signals: &'a Signals,
     pub report: &'a Reporter,
+    /// Another host's lock is stale once its heartbeat is this old.
+    pub stale_after: Duration,
+}
+
+/// How waiting on one holder's file ended.
+enum Outcome {
+    /// The file left LOCK: released (or taken over by another).
+    Left,
+    /// Its holder is gone: take it over.
+    Stale(Stale),
+    TimedOut,
+    Interrupted(i32),
 }
 
 /// Acquires the lock (SPEC §4.3).
 pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
     let started = Instant::now();
-    let named = std::env::var_os(NAMED_TEMP_ENV).is_some_and(|v| v == "1");
+    let named = env_is_1(NAMED_TEMP_ENV);
     record.since = now();
     let mut ours = Candidate::create(req.lock, &record, req.command_lock, named)?;
+    if !ours.kernel_locks {
+        req.report.no_kernel_locks(&req.lock.dir);
+    }
     let mut waited = false;
     loop {
         if waited {
             record.since = now();
-            ours.rewrite(&record)?;
+            ours.rewrite(req.lock, &record)?;
         }
         if ours.link(req.lock)? {
             break;
@@ -162,42 +219,157 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
         if theirs.same_file(&ours.file_id) {
             break; // an ambiguous link() reply (NFS): it was ours all along
         }
-        // Step 3: the holder's process lock.
-        match wait_for(KernelLock::Process, &theirs, req)? {
-            Waited::Got(w) => waited |= w,
-            Waited::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
-            Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
-        }
-        // Step 4: still at LOCK means its xlock died; wait for its command's tree.
-        if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
+        let outcome = wait_out(&theirs, req, ours.kernel_locks, &mut waited);
+        req.report.done_waiting();
+        let why = match outcome? {
+            Outcome::Left => continue,
+            Outcome::Stale(why) => why,
+            Outcome::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
+            Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
+        };
+        if ours.kernel_locks {
+            // We hold the dead file's locks: no other waiter can be doing the same.
+            ours.take_over(req.lock)?;
+        } else if !claim_stale(&mut ours, &theirs, req)? {
+            // Another waiter claimed it first; see what it made of it after a pause.
+            if let Some(stop) = pause(req, POLL_FIRST)? {
+                return Ok(stop.into_acquired(theirs.record));
+            }
+            waited = true;
             continue;
         }
-        match wait_for(KernelLock::Command, &theirs, req)? {
-            Waited::Got(w) => waited |= w,
-            Waited::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
-            Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
-        }
-        match wait_for_holder_process(&theirs, req)? {
-            Waited::Got(w) => waited |= w,
-            Waited::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
-            Waited::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
-        }
-        if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
-            continue; // released after all (locks not effective here)
-        }
-        ours.take_over(req.lock)?;
-        req.report.took_over(&theirs.record);
+        req.report.took_over(&theirs.record, &why);
         drop(theirs);
-        sweep(req.lock);
+        sweep(req, ours.kernel_locks);
         break;
     }
     // Step 5: verify.
+    let kernel_locks = ours.kernel_locks;
     let held = ours.into_held(req.lock)?;
-    if named {
-        sweep(req.lock);
+    if named || !kernel_locks {
+        sweep(req, kernel_locks);
     }
     req.report.acquired(waited.then(|| started.elapsed()));
     Ok(Acquired::Held(held))
+}
+
+/// Steps 3–4 on one holder's file: wait for its kernel locks (if the file system has
+/// them), then for the evidence table to call it stale, or for the file to leave LOCK.
+fn wait_out(theirs: &TheirFile, req: &Request<'_>, kernel_locks: bool, waited: &mut bool) -> Result<Outcome> {
+    if kernel_locks {
+        for kind in [KernelLock::Process, KernelLock::Command] {
+            match wait_for(kind, theirs, req)? {
+                Waited::Got(w) => *waited |= w,
+                Waited::TimedOut => return Ok(Outcome::TimedOut),
+                Waited::Interrupted(signal) => return Ok(Outcome::Interrupted(signal)),
+            }
+            // Free and still at LOCK: its xlock died, so wait for its command's tree.
+            if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
+                return Ok(Outcome::Left);
+            }
+        }
+    }
+    // Kernel mode: only the moment between a killed xlock dropping its flock and the
+    // kernel finishing its exit (1 ms first), or another host's heartbeat.
+    let mut every = if kernel_locks {
+        Duration::from_millis(1)
+    } else {
+        POLL_FIRST
+    };
+    loop {
+        if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
+            return Ok(Outcome::Left);
+        }
+        if let Verdict::Stale(why) = theirs.judge(req, kernel_locks)? {
+            return Ok(Outcome::Stale(why));
+        }
+        req.report.waiting(&theirs.record);
+        if let Some(stop) = pause(req, every)? {
+            return Ok(stop);
+        }
+        *waited = true;
+        every = (every * 2).min(POLL_MAX);
+    }
+}
+
+impl Outcome {
+    fn into_acquired(self, holder: Record) -> Acquired {
+        match self {
+            Outcome::Interrupted(signal) => Acquired::Interrupted(signal),
+            _ => Acquired::Busy(Some(holder)),
+        }
+    }
+}
+
+/// Sleeps `every` (less if the deadline or the notice's tick comes first). `Some`: the
+/// deadline passed or a signal ended the wait.
+fn pause(req: &Request<'_>, every: Duration) -> Result<Option<Outcome>> {
+    if req.deadline.passed() {
+        return Ok(Some(Outcome::TimedOut));
+    }
+    if let Event::Signal(info) = req.signals.wait(None, next_wake(req, Some(every)))? {
+        if signals::ends_wait(signals::number(&info)) {
+            return Ok(Some(Outcome::Interrupted(signals::number(&info))));
+        }
+    }
+    Ok(None)
+}
+
+/// No-locks take-over of `theirs` (SPEC §4.3): only the waiter that creates the claim
+/// name for the stale record's nonce may replace it, by renaming that claim (a hard
+/// link of its own file) over LOCK. A claimer that died leaves its claim; the next
+/// waiter then claims one level up. `Ok(false)`: a live waiter claimed it first, or
+/// the file left LOCK meanwhile.
+fn claim_stale(ours: &mut Candidate, theirs: &TheirFile, req: &Request<'_>) -> Result<bool> {
+    let lock = req.lock;
+    let mut level = 0;
+    let claim = loop {
+        if level >= 1000 {
+            bail!(
+                "cannot take over the stale lock {}: 1000 claims on it were left by dead xlocks; remove the .*{CLAIM_SUFFIX} files in {}",
+                lock.shown(),
+                lock.dir.display()
+            );
+        }
+        let claim = lock.claim_name(&theirs.record.nonce, level);
+        // Our file's mtime is a claimer's heartbeat for waiters on other hosts.
+        ours.file
+            .set_modified(SystemTime::now())
+            .map_err(|err| create_error(lock, err))?;
+        match link_fd(&ours.file, &claim) {
+            Ok(()) => break claim,
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(create_error(lock, err)),
+        }
+        match open_record(&claim).map_err(|err| read_error(lock, err))? {
+            Found::Vanished => continue, // its claimer gave up: try this level again
+            Found::Record(claimer) => {
+                if matches!(claimer.judge(req, false)?, Verdict::Alive(_)) {
+                    return Ok(false);
+                }
+            }
+            Found::Foreign(_) => {}
+        }
+        level += 1;
+    };
+    if !theirs.at(&lock.path).map_err(|err| read_error(lock, err))? {
+        // Give the claim up, but keep a name: an O_TMPFILE once linked cannot be
+        // linked again after its last name is gone. Our temp name is ours alone.
+        if ours.temp.as_ref().is_none() && is_at(&claim, ours.file_id).unwrap_or(false) {
+            let temp = lock.temp_name(&ours.nonce);
+            fs::rename(&claim, &temp).map_err(|err| create_error(lock, err))?;
+            ours.temp.0 = Some(temp);
+        } else if is_at(&claim, ours.file_id).unwrap_or(false) {
+            let _ = fs::remove_file(&claim);
+        }
+        return Ok(false);
+    }
+    fs::rename(&claim, &lock.path).map_err(|err| create_error(lock, err))?;
+    // The claims below ours were left by dead claimers of this record, now gone.
+    for below in 0..level {
+        let _ = fs::remove_file(lock.claim_name(&theirs.record.nonce, below));
+    }
+    Ok(true)
 }
 
 fn now() -> String {
@@ -214,9 +386,40 @@ pub struct Held {
     command_lock: Option<File>,
     file_id: (u64, u64),
     nonce: String,
+    /// Found removed or replaced by a heartbeat (and already said so).
+    lost: Cell<bool>,
 }
 
 impl Held {
+    /// The absolute lock path and this acquisition's nonce (for `XLOCK_HELD`).
+    pub fn identity(&self) -> (&Path, &str) {
+        (&self.lock.path, &self.nonce)
+    }
+
+    /// The heartbeat (SPEC §4.4): verifies that LOCK is still ours and bumps its mtime,
+    /// which other hosts read. `Ok(false)`: the lock is lost; from then on, release
+    /// leaves LOCK alone.
+    pub fn heartbeat(&self) -> io::Result<bool> {
+        if self.lost.get() {
+            return Ok(false);
+        }
+        if !self.is_ours()? {
+            self.lost.set(true);
+            return Ok(false);
+        }
+        self.file.set_modified(SystemTime::now())?;
+        Ok(true)
+    }
+
+    /// What to say when a heartbeat finds the lock lost.
+    pub fn lost_message(&self) -> String {
+        format!(
+            "lost the lock {}: its file was removed or replaced while the command ran, so another process \
+             may run at the same time; sending SIGTERM to the command. Check what removes files there (a /tmp cleaner?)",
+            self.lock.shown()
+        )
+    }
+
     /// The descriptor the command must inherit, if any.
     pub fn command_fd(&self) -> Option<RawFd> {
         self.command_lock.as_ref().map(AsRawFd::as_raw_fd)
@@ -238,6 +441,9 @@ impl Held {
     /// Releases the lock (SPEC §4.5): verify it is ours, unlink it, then close. A lock
     /// that is no longer ours is left alone, and that is an error.
     pub fn release(self) -> Result<()> {
+        if self.lost.get() {
+            return Ok(()); // said when it was found lost; nothing of ours to remove
+        }
         let shown = self.lock.shown();
         let ours = self.is_ours().map_err(|err| {
             anyhow!(
@@ -271,6 +477,7 @@ pub enum State {
     /// The holder is gone; the next acquirer takes the lock over.
     Stale {
         record: Record,
+        why: Stale,
     },
     /// Not a lock record; why.
     Foreign(String),
@@ -278,7 +485,7 @@ pub enum State {
 
 /// Inspects LOCK without changing it: it may hold the dead holder's flock for a moment
 /// (there is no other way to ask), and only asks about the command lock.
-pub fn inspect(lock: &LockPath, me: &Identity) -> Result<State> {
+pub fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> Result<State> {
     if !lock.dir.is_dir() {
         bail!(
             "cannot inspect {}: the directory {} does not exist",
@@ -292,29 +499,43 @@ pub fn inspect(lock: &LockPath, me: &Identity) -> Result<State> {
         Found::Record(theirs) => theirs,
     };
     let lock_error = |err: io::Error| anyhow!("cannot inspect {}: {}", lock.shown(), io_reason(&err));
-    if !KernelLock::Process.take(&theirs.file, false).map_err(lock_error)? {
-        return Ok(State::Held {
-            record: theirs.record,
-            orphans: Vec::new(),
-        });
+    let held = |orphans| State::Held {
+        record: theirs.record.clone(),
+        orphans,
+    };
+    let mut kernel_locks = !env_is_1(NO_KERNEL_LOCKS_ENV);
+    if kernel_locks {
+        match KernelLock::Process.take(&theirs.file, false) {
+            Ok(false) => return Ok(held(Vec::new())),
+            Ok(true) => {}
+            Err(err) if locks_unsupported(&err) => kernel_locks = false,
+            Err(err) => return Err(lock_error(err)),
+        }
     }
     if !theirs.at(&lock.path).map_err(lock_error)? {
         return Ok(State::Free); // released a moment ago
     }
-    if command_lock_held(&theirs.file).map_err(lock_error)? {
-        let orphans = processes_with_open(theirs.file_id);
-        return Ok(State::Held {
-            record: theirs.record,
-            orphans,
-        });
+    if kernel_locks && command_lock_held(&theirs.file).map_err(lock_error)? {
+        return Ok(held(liveness::processes_with_open(theirs.file_id, true)));
     }
-    if liveness::holder_process(&theirs.record, me).map_err(lock_error)? == Holder::Running {
-        return Ok(State::Held {
-            record: theirs.record,
-            orphans: Vec::new(),
-        });
-    }
-    Ok(State::Stale { record: theirs.record })
+    Ok(
+        match theirs.verdict(me, kernel_locks, stale_after).map_err(lock_error)? {
+            Verdict::Alive(liveness::Alive::Command(orphans)) => held(orphans),
+            Verdict::Alive(_) => held(Vec::new()),
+            Verdict::Stale(why) => State::Stale {
+                record: theirs.record.clone(),
+                why,
+            },
+        },
+    )
+}
+
+/// The record now at LOCK, if there is one (for nesting: whose acquisition it is).
+pub fn current_record(lock: &LockPath) -> Result<Option<Record>> {
+    Ok(match open_record(&lock.path).map_err(|err| read_error(lock, err))? {
+        Found::Record(theirs) => Some(theirs.record),
+        Found::Vanished | Found::Foreign(_) => None,
+    })
 }
 
 /// Whether someone holds the command lock on this file (asked, not taken).
@@ -330,42 +551,18 @@ fn command_lock_held(file: &File) -> io::Result<bool> {
     Ok(query.l_type != libc::F_UNLCK as i16)
 }
 
-/// The processes (PID, name) that have the file `id` open: OFD locks carry no PID, so
-/// /proc/*/fd is the way to tell who keeps a dead holder's command lock.
-fn processes_with_open(id: (u64, u64)) -> Vec<(i32, String)> {
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return found };
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        if fds
-            .flatten()
-            .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| id_of(&m) == id))
-        {
-            let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            found.push((pid, name.trim().to_owned()));
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Our lock file before it is at LOCK.
 struct Candidate {
     file: File,
+    /// Carries the command lock (or, without kernel locks, just marks the command's
+    /// tree as the file's writers).
     command_lock: Option<File>,
     file_id: (u64, u64),
     nonce: String,
     /// A name in LOCK's directory, while the file has one.
     temp: TempName,
+    /// Whether the file system has kernel locks (and they are not switched off).
+    kernel_locks: bool,
 }
 
 /// The temp file's name, removed when dropped (on every way out of `acquire`).
@@ -397,7 +594,7 @@ impl Drop for TempName {
 impl Candidate {
     /// Step 1: a private file in LOCK's directory, with its record and both locks.
     fn create(lock: &LockPath, record: &Record, command_lock: bool, named: bool) -> Result<Candidate> {
-        let mut ours = Self::create_locked(lock, &record.nonce, named)?;
+        let mut ours = Self::create_locked(lock, &record.nonce, named, !env_is_1(NO_KERNEL_LOCKS_ENV))?;
         if command_lock {
             // A second open file description: its lock is independent of the flock.
             let second = OpenOptions::new()
@@ -405,8 +602,15 @@ impl Candidate {
                 .write(true)
                 .open(fd_path(&ours.file))
                 .map_err(|err| create_error(lock, err))?;
-            let taken =
-                set_command_lock(second.as_fd(), libc::F_WRLCK as i16, false).map_err(|err| create_error(lock, err))?;
+            let taken = !ours.kernel_locks
+                || match set_command_lock(second.as_fd(), libc::F_WRLCK as i16, false) {
+                    Err(err) if locks_unsupported(&err) => {
+                        ours.kernel_locks = false;
+                        let _ = ours.file.unlock();
+                        true
+                    }
+                    taken => taken.map_err(|err| create_error(lock, err))?,
+                };
             if !taken {
                 bail!(
                     "cannot take the command lock on {}: the file system's locks conflict with each other \
@@ -425,19 +629,27 @@ impl Candidate {
     /// The file, with its process lock taken. A named temp file can be swept by another
     /// xlock in the moment between its creation and our flock; once we hold the flock
     /// it is safe, so check the name is still ours, and start again if it is not.
-    fn create_locked(lock: &LockPath, nonce: &str, named: bool) -> Result<Candidate> {
+    fn create_locked(lock: &LockPath, nonce: &str, named: bool, kernel_locks: bool) -> Result<Candidate> {
         for _ in 0..100 {
             let (file, temp) = Self::open(lock, nonce, named).map_err(|err| create_error(lock, err))?;
             let file_id = id_of(&file.metadata()?);
-            let ours = Candidate {
+            let mut ours = Candidate {
                 file,
                 command_lock: None,
                 file_id,
                 nonce: nonce.to_owned(),
                 temp: TempName(temp),
+                kernel_locks,
             };
-            ours.file.lock().map_err(|err| create_error(lock, err))?;
-            if ours.temp_name_is_ours() {
+            if kernel_locks {
+                match ours.file.lock() {
+                    Ok(()) => {}
+                    Err(err) if locks_unsupported(&err) => ours.kernel_locks = false,
+                    Err(err) => return Err(create_error(lock, err)),
+                }
+            }
+            // Without kernel locks, sweepers judge a temp file by its record instead.
+            if !ours.kernel_locks || ours.temp_name_is_ours() {
                 return Ok(ours);
             }
             // Swept: the name is gone (or another's), so dropping must not remove it.
@@ -484,13 +696,15 @@ impl Candidate {
     }
 
     /// Writes a newer record. The file is private until linked, so this is safe.
-    fn rewrite(&mut self, record: &Record) -> Result<()> {
+    fn rewrite(&mut self, lock: &LockPath, record: &Record) -> Result<()> {
         use std::os::unix::fs::FileExt;
+        // Overwrite, then cut: a reader (a sweeper, once the file has a temp name) sees
+        // a whole record, the old one or the new one, never an empty file.
         let line = record.to_line();
-        self.file.set_len(0)?;
         self.file
             .write_all_at(&line, 0)
-            .context("cannot rewrite the lock record")?;
+            .and_then(|()| self.file.set_len(line.len() as u64))
+            .map_err(|err| create_error(lock, err))?;
         Ok(())
     }
 
@@ -546,6 +760,7 @@ impl Candidate {
             command_lock: self.command_lock,
             file_id: self.file_id,
             nonce: self.nonce,
+            lost: Cell::new(false),
         };
         let ours = match held.is_ours() {
             Ok(ours) => ours,
@@ -589,6 +804,30 @@ impl TheirFile {
     /// Whether this file is still the one at LOCK.
     fn at(&self, lock: &Path) -> io::Result<bool> {
         is_at(lock, self.file_id)
+    }
+
+    /// The evidence table on this holder, whose kernel locks are free (or absent).
+    fn judge(&self, req: &Request<'_>, kernel_locks: bool) -> Result<Verdict> {
+        self.verdict(req.me, kernel_locks, req.stale_after).map_err(|err| {
+            anyhow!(
+                "cannot check the holder of {} (pid {}): {}",
+                req.lock.shown(),
+                self.record.pid,
+                io_reason(&err)
+            )
+        })
+    }
+
+    fn verdict(&self, me: &Identity, kernel_locks: bool, stale_after: Duration) -> io::Result<Verdict> {
+        let modified = self.file.metadata()?.modified()?;
+        let facts = Facts {
+            me,
+            kernel_locks,
+            file_id: self.file_id,
+            heartbeat_age: SystemTime::now().duration_since(modified).unwrap_or_default(),
+            stale_after,
+        };
+        liveness::judge(&self.record, &facts)
     }
 }
 
@@ -828,67 +1067,62 @@ fn next_wake(req: &Request<'_>, limit: Option<Duration>) -> Option<Duration> {
         .min()
 }
 
-/// Cross-checks a holder whose kernel locks are free (SPEC §4.3): while its recorded
-/// process still runs, it is alive, and we poll (1 ms doubling to 250 ms). On a local
-/// disk this is only the moment between a killed xlock dropping its flock and the
-/// kernel finishing its exit.
-fn wait_for_holder_process(theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
-    let outcome = poll_holder_process(theirs, req);
-    req.report.done_waiting();
-    outcome
-}
-
-fn poll_holder_process(theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
-    let mut pause = Duration::from_millis(1);
-    let mut waited = false;
-    loop {
-        let running = liveness::holder_process(&theirs.record, req.me).map_err(|err| {
-            anyhow!(
-                "cannot check the holder of {} (pid {}): {}",
-                req.lock.shown(),
-                theirs.record.pid,
-                io_reason(&err)
-            )
-        })?;
-        if running != Holder::Running || !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
-            return Ok(Waited::Got(waited));
-        }
-        if req.deadline.passed() {
-            return Ok(Waited::TimedOut);
-        }
-        req.report.waiting(&theirs.record);
-        if let Event::Signal(info) = req.signals.wait(None, next_wake(req, Some(pause)))? {
-            if signals::ends_wait(signals::number(&info)) {
-                return Ok(Waited::Interrupted(signals::number(&info)));
-            }
-        }
-        waited = true;
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// Removes this lock's orphaned temp files: those whose creator died before linking
-/// them. A temp file whose flock is held has a live creator and is left alone.
-fn sweep(lock: &LockPath) {
+/// Removes this lock's orphaned temp and claim files: those whose creator died. With
+/// kernel locks, a creator is alive while its file's flock is held; without, the
+/// evidence table judges the record the file carries (a file still without a record
+/// is left alone until it is older than `--stale-after`).
+///
+/// A claim matters while its stale record is at LOCK: one removed then could be made
+/// again by a second claimer. So claims are removed only once their record is gone
+/// from LOCK (for good: a record is at LOCK once), or by the taker of that record.
+fn sweep(req: &Request<'_>, kernel_locks: bool) {
+    let lock = req.lock;
     let Ok(entries) = fs::read_dir(&lock.dir) else { return };
+    let at_lock = current_record(lock).ok().flatten().map(|record| record.nonce);
     for entry in entries.flatten() {
-        if !lock.is_temp_name(entry.file_name().as_bytes()) {
-            continue;
+        let name = entry.file_name();
+        match lock.side_file(name.as_bytes()) {
+            None => continue,
+            Some(SideFile::Claim { stale }) if at_lock.as_ref().is_some_and(|n| n.as_bytes() == stale) => continue,
+            Some(_) => {}
         }
         let path = entry.path();
-        let Ok(file) = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&path)
-        else {
-            continue;
+        let orphan = if kernel_locks {
+            let Ok(file) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(&path)
+            else {
+                continue;
+            };
+            match file.metadata() {
+                Ok(meta) if meta.is_file() && file.try_lock().is_ok() => Some(id_of(&meta)),
+                _ => None,
+            }
+        } else {
+            match open_record(&path) {
+                Ok(Found::Record(temp)) => match temp.verdict(req.me, false, req.stale_after) {
+                    Ok(Verdict::Stale(_)) => Some(temp.file_id),
+                    _ => None,
+                },
+                Ok(Found::Foreign(_)) => fs::symlink_metadata(&path)
+                    .ok()
+                    .filter(|meta| {
+                        meta.is_file()
+                            && meta
+                                .modified()
+                                .ok()
+                                .and_then(|m| m.elapsed().ok())
+                                .is_some_and(|age| age >= req.stale_after)
+                    })
+                    .map(|meta| id_of(&meta)),
+                _ => None,
+            }
         };
-        let Ok(meta) = file.metadata() else { continue };
-        if !meta.is_file() || file.try_lock().is_err() {
-            continue;
-        }
-        if is_at(&path, id_of(&meta)).unwrap_or(false) {
-            let _ = fs::remove_file(&path);
+        if let Some(id) = orphan {
+            if is_at(&path, id).unwrap_or(false) {
+                let _ = fs::remove_file(&path);
+            }
         }
     }
 }
@@ -898,7 +1132,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temp_names_are_recognised_exactly() {
+    fn temp_and_claim_names_are_recognised_exactly() {
         let lock = LockPath::new(Path::new("/tmp/db.lock")).unwrap();
         let nonce = "0123456789abcdef0123456789abcdef";
         let temp = lock.temp_name(nonce);
@@ -906,11 +1140,31 @@ mod tests {
             temp,
             Path::new("/tmp/.db.lock.0123456789abcdef0123456789abcdef.xlock-tmp")
         );
-        assert!(lock.is_temp_name(temp.file_name().unwrap().as_bytes()));
-        assert!(!lock.is_temp_name(b".db.lock.0123.xlock-tmp"));
-        assert!(!lock.is_temp_name(b".other.lock.0123456789abcdef0123456789abcdef.xlock-tmp"));
-        assert!(!lock.is_temp_name(b"db.lock"));
-        assert!(!lock.is_temp_name(b".db.lock.0123456789abcdef0123456789abcdef.xlock-tmp.bak"));
+        let is_side_file = |name: &[u8]| lock.side_file(name).is_some();
+        assert!(matches!(
+            lock.side_file(temp.file_name().unwrap().as_bytes()),
+            Some(SideFile::Temp)
+        ));
+        assert!(!is_side_file(b".db.lock.0123.xlock-tmp"));
+        assert!(!is_side_file(b".other.lock.0123456789abcdef0123456789abcdef.xlock-tmp"));
+        assert!(!is_side_file(b"db.lock"));
+        assert!(!is_side_file(
+            b".db.lock.0123456789abcdef0123456789abcdef.xlock-tmp.bak"
+        ));
+        let claim = lock.claim_name(nonce, 12);
+        assert_eq!(
+            claim,
+            Path::new("/tmp/.db.lock.0123456789abcdef0123456789abcdef-12.xlock-claim")
+        );
+        match lock.side_file(claim.file_name().unwrap().as_bytes()) {
+            Some(SideFile::Claim { stale }) => assert_eq!(stale, nonce.as_bytes()),
+            _ => panic!("a claim name is not recognised"),
+        }
+        assert!(!is_side_file(b".db.lock.0123456789abcdef0123456789abcdef-.xlock-claim"));
+        assert!(!is_side_file(
+            b".db.lock.0123456789abcdef0123456789abcdef-1x.xlock-claim"
+        ));
+        assert!(!is_side_file(b".db.lock.0123456789abcdef0123456789abcdef.xlock-claim"));
     }
 
     #[test]

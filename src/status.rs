@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Map, Value};
 
 use crate::cli::Verbosity;
+use crate::liveness::Stale;
 use crate::lock::State;
 use crate::record::Record;
 
@@ -90,10 +91,31 @@ impl Reporter {
     }
 
     /// `-v`: a dead holder's lock was taken over.
-    pub fn took_over(&self, dead: &Record) {
+    pub fn took_over(&self, dead: &Record, why: &Stale) {
         self.verbose(format_args!(
-            "took over stale {} from dead pid {} (host {}, since {}): {}",
-            self.lock, dead.pid, dead.host, dead.since, dead.cmd
+            "took over stale {} {} (host {}, since {}): {}",
+            self.lock,
+            why.from_holder(dead),
+            dead.host,
+            dead.since,
+            dead.cmd
+        ));
+    }
+
+    /// `-v`, once: the file system refuses locks (or they were switched off).
+    pub fn no_kernel_locks(&self, dir: &Path) {
+        self.verbose(format_args!(
+            "{} has no file locks (or {}=1): deciding by the holder's record and polling",
+            dir.display(),
+            crate::lock::NO_KERNEL_LOCKS_ENV
+        ));
+    }
+
+    /// `-v`: an ancestor holds the lock, so the command runs at once.
+    pub fn nested(&self, holder: &Record) {
+        self.verbose(format_args!(
+            "{} is held by an ancestor (pid {}); running the command without acquiring it again",
+            self.lock, holder.pid
         ));
     }
 
@@ -211,14 +233,18 @@ pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> Ve
             };
             (Verdict::Held, text, Value::Object(object))
         }
-        Ok(State::Stale { record }) => (
-            Verdict::Free,
-            format!(
-                "{shown}: stale (holder pid {} died): the next acquirer takes it over",
-                record.pid
-            ),
-            Value::Object(record_object(record, "stale")),
-        ),
+        Ok(State::Stale { record, why }) => {
+            let mut object = record_object(record, "stale");
+            object.insert("stale_because".into(), why.to_string().into());
+            (
+                Verdict::Free,
+                format!(
+                    "{shown}: stale (holder pid {} {why}): the next acquirer takes it over",
+                    record.pid
+                ),
+                Value::Object(object),
+            )
+        }
         Ok(State::Foreign(why)) => (
             Verdict::Error,
             format!("{shown}: foreign file: {why}; not an xlock lock file"),

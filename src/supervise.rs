@@ -1,10 +1,13 @@
-//! Child supervision (SPEC §5): spawn the command from the main thread in xlock's own
-//! process group, pass signals through to it, always reap it, and turn how it ended
-//! into xlock's exit.
+//! Child supervision (SPEC §5, §4.4): spawn the command from the main thread in
+//! xlock's own process group, pass signals through to it, keep the lock's heartbeat
+//! while it runs (and stop it with SIGTERM if the lock is lost), always reap it, and
+//! turn how it ended into xlock's exit.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use nix::libc;
@@ -17,8 +20,9 @@ use crate::lock::Held;
 use crate::signals::{self, Event, Signals};
 use crate::status;
 
-/// Runs the command while `held` is held, and says how it ended.
-pub fn run(config: &Config, held: &Held, signals: &Signals) -> Result<Exit> {
+/// Runs the command while `held` is held (`None`: an ancestor holds it), with `env`
+/// added to its environment, and says how it ended.
+pub fn run(config: &Config, held: Option<&Held>, env: &[(&str, OsString)], signals: &Signals) -> Result<Exit> {
     let (mut command, shown) = match &config.command {
         CommandSpec::Argv(words) => {
             let mut command = Command::new(&words[0]);
@@ -31,18 +35,34 @@ pub fn run(config: &Config, held: &Held, signals: &Signals) -> Result<Exit> {
             (command, "/bin/sh".to_owned())
         }
     };
-    prepare_child(&mut command, config.close, held.command_fd(), signals);
+    command.envs(env.iter().map(|(name, value)| (name, value)));
+    prepare_child(&mut command, config.close, held.and_then(Held::command_fd), signals);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => return Ok(spawn_failure(&shown, &err)),
     };
     let pid = Pid::from_raw(child.id() as i32);
     let session_leader = getsid(None).is_ok_and(|sid| sid == getpid());
+    let every = config.stale_after / 3;
+    let mut next_beat = Instant::now() + every;
+    let mut lost = false;
     loop {
-        match signals.wait(None, None).context("cannot wait for signals")? {
+        let until_beat = held.map(|_| next_beat.saturating_duration_since(Instant::now()));
+        match signals.wait(None, until_beat).context("cannot wait for signals")? {
             Event::Signal(info) if signals::number(&info) == libc::SIGCHLD => {
                 if let Some(status) = child.try_wait().context("cannot wait for the command")? {
-                    return Ok(exit_of(status));
+                    return Ok(if lost { Exit::Failure } else { exit_of(status) });
+                }
+            }
+            Event::Timeout => {
+                next_beat = Instant::now() + every;
+                // An error reading LOCK is not evidence of loss: try again next beat.
+                if let (Some(held), false) = (held, lost) {
+                    if let Ok(false) = held.heartbeat() {
+                        lost = true;
+                        status::line(format_args!("{}", held.lost_message()));
+                        let _ = kill(pid, Signal::SIGTERM);
+                    }
                 }
             }
             Event::Signal(info) if signals::should_forward(&info, session_leader) => {

@@ -24,7 +24,7 @@ fn assert_fails(out: &Output, needles: &[&str]) {
 }
 
 /// Runs `xlock LOCK sh -c 'echo ran'` with a time limit (a FIFO must not hang it).
-fn run_on(t: Temp, lock: &Path) -> Output {
+fn run_on(t: Mode, lock: &Path) -> Output {
     let child = t
         .xlock([lock.to_str().unwrap(), "sh", "-c", "echo ran"])
         .stdout(Stdio::piped())
@@ -48,7 +48,7 @@ fn run_on(t: Temp, lock: &Path) -> Output {
     out
 }
 
-tests_in_both_temp_modes!(
+tests_in_every_mode!(
     foreign_regular_files_are_left_alone,
     symlinks_are_not_followed,
     directories_fifos_and_devices_are_refused,
@@ -58,7 +58,7 @@ tests_in_both_temp_modes!(
 
 /// A user's data, a script, an empty file, JSON that is not a record, an oversized
 /// file: refused, untouched.
-fn foreign_regular_files_are_left_alone(t: Temp) {
+fn foreign_regular_files_are_left_alone(t: Mode) {
     let cases: [(&str, &[u8], u32); 6] = [
         ("data.db", b"important user data\n", 0o644),
         ("deploy.sh", b"#!/bin/sh\nrm -rf /srv/app\n", 0o755),
@@ -83,7 +83,7 @@ fn foreign_regular_files_are_left_alone(t: Temp) {
 }
 
 /// A symlink at LOCK (to a file, or dangling) is refused; neither link nor target changes.
-fn symlinks_are_not_followed(t: Temp) {
+fn symlinks_are_not_followed(t: Mode) {
     let sandbox = Sandbox::new();
     fs::write(sandbox.path("target"), "precious\n").unwrap();
     symlink(sandbox.path("target"), sandbox.path("link.lock")).unwrap();
@@ -96,7 +96,7 @@ fn symlinks_are_not_followed(t: Temp) {
     assert_eq!(sandbox.snapshot(), before);
 }
 
-fn directories_fifos_and_devices_are_refused(t: Temp) {
+fn directories_fifos_and_devices_are_refused(t: Mode) {
     let sandbox = Sandbox::new();
     fs::create_dir(sandbox.path("dir.lock")).unwrap();
     fs::write(sandbox.path("dir.lock/inside"), "x").unwrap();
@@ -134,7 +134,7 @@ fn directories_fifos_and_devices_are_refused(t: Temp) {
     assert_eq!(sandbox.snapshot(), before);
 }
 
-fn missing_directory(t: Temp) {
+fn missing_directory(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.path("no/such/dir/job.lock");
     let out = run_on(t, &lock);
@@ -144,17 +144,19 @@ fn missing_directory(t: Temp) {
 
 /// Out of file descriptors at each step of the way: a clear error or success, never a
 /// lock or temp file left behind.
-fn too_many_open_files(t: Temp) {
+fn too_many_open_files(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut failed = 0;
     // Below 4 the dynamic loader itself fails, before xlock runs.
     for limit in 4..=12 {
-        let out = std::process::Command::new("/bin/sh")
-            .args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$1\" true")])
-            .arg(xlock_bin())
-            .arg(&lock)
-            .env("XLOCK_NAMED_TEMP", if t == Temp::Named { "1" } else { "0" })
+        let out = t
+            .apply(
+                std::process::Command::new("/bin/sh")
+                    .args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$1\" true")])
+                    .arg(xlock_bin())
+                    .arg(&lock),
+            )
             .output()
             .unwrap();
         if !out.status.success() {

@@ -255,7 +255,7 @@ fn crash_while_holding_the_lock() {
     let (lock, log, data) = (sandbox.path("data.lock"), sandbox.path("log"), sandbox.path("data"));
     // The data is half written before `started`, so the kill lands mid-write.
     let script = format!("printf partial > '{}'; echo started; exec sleep 30", data.display());
-    let mut holder = Temp::Unnamed.hold_script(&["--close"], &lock, &script);
+    let mut holder = Mode::Unnamed.hold_script(&["--close"], &lock, &script);
     holder.kill(Signal::SIGKILL);
     holder.wait();
     let killed = Instant::now();
@@ -271,7 +271,7 @@ fn crash_while_holding_the_lock() {
         "the next writer waited {took:?} for a dead holder"
     );
 
-    Temp::Unnamed.make_stale(&lock);
+    Mode::Unnamed.make_stale(&lock);
     let waiters: Vec<Child> = (0..16)
         .map(|_| {
             xlock(["-v", lock.to_str().unwrap()])

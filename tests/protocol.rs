@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-tests_in_both_temp_modes!(
+tests_in_every_mode!(
     exclusive_with_prompt_hand_off,
     record_is_written_while_held,
     nonblock_conflict_and_exit_code,
@@ -28,7 +28,7 @@ tests_in_both_temp_modes!(
 
 /// Acceptance 1: two overlapping runs never overlap their commands; the second starts
 /// right after the first ends; LOCK exists only while held.
-fn exclusive_with_prompt_hand_off(t: Temp) {
+fn exclusive_with_prompt_hand_off(t: Mode) {
     let sandbox = Sandbox::new();
     let (lock, log) = (sandbox.lock(), sandbox.path("log"));
     assert!(!lock.exists());
@@ -60,7 +60,7 @@ fn exclusive_with_prompt_hand_off(t: Temp) {
 }
 
 /// SPEC §4.1: the file at LOCK is the one-line JSON record of its holder.
-fn record_is_written_while_held(t: Temp) {
+fn record_is_written_while_held(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&[], &lock, "read _; exit 0");
@@ -105,7 +105,7 @@ fn record_is_written_while_held(t: Temp) {
 
 /// Acceptance 2: `-n` against a held lock exits 75 at once; `-E 9` makes it 9; the
 /// message names the holder; `-q` silences it.
-fn nonblock_conflict_and_exit_code(t: Temp) {
+fn nonblock_conflict_and_exit_code(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&[], &lock, "sleep 5");
@@ -139,7 +139,7 @@ fn nonblock_conflict_and_exit_code(t: Temp) {
 
 /// Acceptance 2: `-w 300ms` exits 75 after about 300 ms (and a bare number of
 /// seconds works the same).
-fn timeout_expires(t: Temp) {
+fn timeout_expires(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&[], &lock, "sleep 5");
@@ -167,7 +167,7 @@ fn timeout_expires(t: Temp) {
 }
 
 /// Acceptance 2: `-w 5s` succeeds as soon as the holder ends.
-fn timeout_ends_when_holder_finishes(t: Temp) {
+fn timeout_ends_when_holder_finishes(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&[], &lock, "sleep 0.5");
@@ -185,7 +185,7 @@ fn timeout_ends_when_holder_finishes(t: Temp) {
 
 /// Acceptance 4: a SIGKILLed holder leaves LOCK behind; with `--close` its command is
 /// killed too, and the next xlock takes the lock over at once.
-fn killed_holder_with_close_is_taken_over_at_once(t: Temp) {
+fn killed_holder_with_close_is_taken_over_at_once(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&["--close"], &lock, "echo $$; exec sleep 30");
@@ -212,7 +212,7 @@ fn killed_holder_with_close_is_taken_over_at_once(t: Temp) {
 
 /// Acceptance 4: sixteen waiters started together on a stale lock: exactly one takes
 /// it over, and their commands never overlap.
-fn sixteen_waiters_on_a_stale_lock_never_overlap(t: Temp) {
+fn sixteen_waiters_on_a_stale_lock_never_overlap(t: Mode) {
     let sandbox = Sandbox::new();
     let (lock, log) = (sandbox.lock(), sandbox.path("log"));
     t.make_stale(&lock);
@@ -233,7 +233,7 @@ fn sixteen_waiters_on_a_stale_lock_never_overlap(t: Temp) {
 
 /// Acceptance 4: without `--close`, a command that traps TERM and needs 1 s to exit
 /// keeps the lock for that second; then the waiter takes over at once.
-fn command_keeps_the_lock_after_xlock_is_killed(t: Temp) {
+fn command_keeps_the_lock_after_xlock_is_killed(t: Mode) {
     let sandbox = Sandbox::new();
     let (lock, log) = (sandbox.lock(), sandbox.path("log"));
     // The trap is in place before `started` is printed, so SIGTERM cannot come first.
@@ -270,7 +270,7 @@ fn command_keeps_the_lock_after_xlock_is_killed(t: Temp) {
 
 /// Acceptance 4: `sh -c 'sleep 3 & ...'` under a killed xlock keeps the lock until
 /// that background sleep ends.
-fn background_process_of_killed_holder_keeps_the_lock(t: Temp) {
+fn background_process_of_killed_holder_keeps_the_lock(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let started = Instant::now();
@@ -293,7 +293,7 @@ fn background_process_of_killed_holder_keeps_the_lock(t: Temp) {
 
 /// Acceptance 5: after a normal run of `sh -c 'sleep 30 & exit 0'`, the next xlock gets
 /// the lock at once.
-fn background_process_after_normal_release_holds_nobody_up(t: Temp) {
+fn background_process_after_normal_release_holds_nobody_up(t: Mode) {
     let sandbox = Sandbox::new();
     let (lock, pidfile) = (sandbox.lock(), sandbox.path("bg.pid"));
     let status = t
@@ -315,22 +315,21 @@ fn background_process_after_normal_release_holds_nobody_up(t: Temp) {
 }
 
 /// SPEC §4.3: orphaned temp files (creator died) are removed by later acquirers; a temp
-/// file whose creator is alive (its flock held) is never touched.
-fn orphaned_temp_files_are_swept_live_ones_kept(t: Temp) {
+/// file whose creator is alive (its flock held, its record's process running) is never
+/// touched.
+fn orphaned_temp_files_are_swept_live_ones_kept(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let orphan = sandbox.path(".test.lock.0123456789abcdef0123456789abcdef.xlock-tmp");
     let live = sandbox.path(".test.lock.fedcba9876543210fedcba9876543210.xlock-tmp");
     let lookalike = sandbox.path(".test.lock.not-a-nonce.xlock-tmp");
-    for path in [&orphan, &live, &lookalike] {
-        fs::write(path, "x").unwrap();
-    }
+    FakeRecord::of(dead_pid()).plant(&orphan);
+    FakeRecord::of(std::process::id() as i32).plant(&live);
+    fs::write(&lookalike, "x").unwrap();
     let live_file = fs::File::open(&live).unwrap();
     live_file.lock().unwrap(); // its "creator" is alive
                                // A stale lock to take over: sweeping follows evidence of a crash.
-    let mut holder = t.hold(&["--close"], &lock, "exec sleep 30");
-    holder.kill(Signal::SIGKILL);
-    holder.wait();
+    t.make_stale(&lock);
     let out = t.xlock(["-n", lock.to_str().unwrap(), "true"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!orphan.exists(), "orphaned temp file not swept");
@@ -340,7 +339,7 @@ fn orphaned_temp_files_are_swept_live_ones_kept(t: Temp) {
 }
 
 /// SPEC §4.5: a lock that is no longer ours is never removed; losing it is an error.
-fn a_replaced_lock_is_never_removed(t: Temp) {
+fn a_replaced_lock_is_never_removed(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let l = lock.display();

@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -221,11 +222,11 @@ fn job_control_stops_and_resumes_both() {
     assert!(!sandbox.lock().exists());
 }
 
-tests_in_both_temp_modes!(sigterm_while_waiting_leaves_nothing_behind);
+tests_in_every_mode!(sigterm_while_waiting_leaves_nothing_behind);
 
 /// Acceptance 6: SIGTERM to an xlock still waiting for the lock: it dies of SIGTERM and
 /// leaves no temp file.
-fn sigterm_while_waiting_leaves_nothing_behind(t: Temp) {
+fn sigterm_while_waiting_leaves_nothing_behind(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&[], &lock, "sleep 10");
@@ -234,12 +235,19 @@ fn sigterm_while_waiting_leaves_nothing_behind(t: Temp) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Waiting means blocked on the holder's lock, in xlock's helper thread.
+    // Waiting means blocked on the holder's lock, in xlock's helper thread; without
+    // kernel locks, polling with the holder's file open.
     let tasks = format!("/proc/{}/task", waiter.id());
-    wait_until(Duration::from_secs(5), "the waiter blocks", || {
-        fs::read_dir(&tasks).map(|d| d.count()).unwrap_or(0) >= 2
+    let fds = format!("/proc/{}/fd", waiter.id());
+    let holders_file = fs::metadata(&lock).unwrap().ino();
+    wait_until(Duration::from_secs(5), "the waiter blocks", || match t {
+        Mode::NoLocks => fs::read_dir(&fds).is_ok_and(|d| {
+            d.flatten()
+                .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.ino() == holders_file))
+        }),
+        _ => fs::read_dir(&tasks).map(|d| d.count()).unwrap_or(0) >= 2,
     });
-    if t == Temp::Named {
+    if t == Mode::Named {
         assert_eq!(
             sandbox.entries().len(),
             2,
@@ -260,7 +268,7 @@ fn sigterm_while_waiting_leaves_nothing_behind(t: Temp) {
 fn sigterm_reaches_the_command_and_its_exit_code_comes_back() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut xlock = Temp::Unnamed.hold_script(
+    let mut xlock = Mode::Unnamed.hold_script(
         &[],
         &lock,
         "trap 'exit 42' TERM; echo started; while :; do sleep 0.05; done",

@@ -80,7 +80,7 @@ fn status_of_a_held_lock_names_the_holder() {
 fn status_of_a_stale_lock() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let dead = Temp::Unnamed.make_stale(&lock);
+    let dead = Mode::Unnamed.make_stale(&lock);
     let before = sandbox.snapshot();
     let out = status(&[lock.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "a stale lock is not held");
@@ -103,7 +103,7 @@ fn status_of_a_stale_lock() {
 fn status_names_the_command_tree_of_a_dead_holder() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = Temp::Unnamed.hold_script(&[], &lock, "sleep 30 & echo started; echo $!; read _");
+    let mut holder = Mode::Unnamed.hold_script(&[], &lock, "sleep 30 & echo started; echo $!; read _");
     let background: i32 = holder.line().parse().unwrap();
     holder.kill(Signal::SIGKILL);
     holder.wait();
@@ -232,7 +232,7 @@ fn verbose_lines() {
     assert_eq!(lines.len(), 3, "{stderr}");
     assert!(holder.wait().success());
 
-    let dead = Temp::Unnamed.make_stale(&lock);
+    let dead = Mode::Unnamed.make_stale(&lock);
     let out = xlock(["-v", lock.to_str().unwrap(), "true"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,7 +1,9 @@
 //! Stress (issue acceptance 6): many real xlock processes contend for one lock while a
 //! killer SIGKILLs random ones at random points (waiting, acquiring, holding,
 //! releasing). Afterwards: no two critical sections overlapped, and no lock or temp
-//! file is left. Runs in both temp-file modes.
+//! file is left. Runs in every mode: both temp-file modes, and no-locks mode (where
+//! record evidence, the command tree's open files and take-over claims must hold
+//! the line without kernel locks).
 //!
 //! Size: `XLOCK_STRESS_WORKERS` (default 8) × `XLOCK_STRESS_RUNS` (default 100); raise
 //! them for a longer opt-in run, e.g. `XLOCK_STRESS_RUNS=2000 cargo test --test stress`.
@@ -21,7 +23,7 @@ use common::*;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-tests_in_both_temp_modes!(exclusion_holds_while_xlocks_are_killed_at_random);
+tests_in_every_mode!(exclusion_holds_while_xlocks_are_killed_at_random);
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -39,7 +41,7 @@ impl Random {
     }
 }
 
-fn exclusion_holds_while_xlocks_are_killed_at_random(t: Temp) {
+fn exclusion_holds_while_xlocks_are_killed_at_random(t: Mode) {
     let workers = setting("XLOCK_STRESS_WORKERS", 8);
     let runs = setting("XLOCK_STRESS_RUNS", 100);
     let sandbox = Sandbox::new();

@@ -196,7 +196,7 @@ impl Running {
 /// Starts an xlock holding `lock` with `command` (a shell snippet, run with sh -c
 /// after printing `started`), and returns once the command runs.
 pub fn hold(extra: &[&str], lock: &Path, command: &str) -> Running {
-    Temp::Unnamed.hold(extra, lock, command)
+    Mode::Unnamed.hold(extra, lock, command)
 }
 
 /// Whether a process exists (and is not a zombie).
@@ -225,27 +225,38 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// How the xlock under test makes its temporary file: the default (O_TMPFILE where
-/// the file system has it) or forced named temp files (`XLOCK_NAMED_TEMP=1`), the
-/// path taken on file systems without O_TMPFILE.
+/// How the xlock under test works: the default (O_TMPFILE where the file system has
+/// it), forced named temp files (`XLOCK_NAMED_TEMP=1`, the path taken on file systems
+/// without O_TMPFILE), or forced no-locks mode (`XLOCK_NO_KERNEL_LOCKS=1`, the path
+/// taken on file systems that refuse locks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Temp {
+pub enum Mode {
     Unnamed,
     Named,
+    NoLocks,
 }
 
-impl Temp {
+impl Mode {
     pub fn xlock<I, S>(self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
         let mut command = xlock(args);
-        match self {
-            Temp::Unnamed => command.env_remove("XLOCK_NAMED_TEMP"),
-            Temp::Named => command.env("XLOCK_NAMED_TEMP", "1"),
-        };
+        self.apply(&mut command);
         command
+    }
+
+    /// Sets this mode's environment on a command that runs xlock.
+    pub fn apply(self, command: &mut Command) -> &mut Command {
+        command
+            .env_remove("XLOCK_NAMED_TEMP")
+            .env_remove("XLOCK_NO_KERNEL_LOCKS");
+        match self {
+            Mode::Unnamed => command,
+            Mode::Named => command.env("XLOCK_NAMED_TEMP", "1"),
+            Mode::NoLocks => command.env("XLOCK_NO_KERNEL_LOCKS", "1"),
+        }
     }
 
     /// As [`hold`], in this mode.
@@ -256,17 +267,27 @@ impl Temp {
     /// Starts xlock on `lock` with `script` (for sh -c), which must print `started` once
     /// it is ready; returns then.
     pub fn hold_script(self, extra: &[&str], lock: &Path, script: &str) -> Running {
+        self.hold_command(self.hold_args(extra, lock, script))
+    }
+
+    /// `xlock EXTRA... LOCK -c SCRIPT` in this mode, not yet started.
+    pub fn hold_args(self, extra: &[&str], lock: &Path, script: &str) -> Command {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.push(lock.display().to_string());
         args.push("-c".into());
         args.push(script.to_owned());
-        let mut running = Running::start(self.xlock(&args));
+        self.xlock(&args)
+    }
+
+    /// Starts `command` (from [`Mode::hold_args`]) and returns once it printed `started`.
+    pub fn hold_command(self, command: Command) -> Running {
+        let mut running = Running::start(command);
         assert_eq!(running.line(), "started");
         running
     }
 }
 
-impl Temp {
+impl Mode {
     /// Leaves a stale lock at `lock`: its holder xlock (with --close, so no command tree
     /// survives it) is SIGKILLed. Returns the dead holder's PID.
     pub fn make_stale(self, lock: &Path) -> u32 {
@@ -291,15 +312,18 @@ pub fn count_takeovers(waiters: Vec<Child>) -> usize {
     takeovers
 }
 
-/// Defines each listed `fn name(temp: Temp)` as two tests, one per temp-file mode.
+/// Defines each listed `fn name(mode: Mode)` as three tests, one per [`Mode`].
 #[macro_export]
-macro_rules! tests_in_both_temp_modes {
+macro_rules! tests_in_every_mode {
     ($($name:ident),* $(,)?) => {
         mod unnamed_tmpfile {
-            $( #[test] fn $name() { super::$name(super::common::Temp::Unnamed) } )*
+            $( #[test] fn $name() { super::$name(super::common::Mode::Unnamed) } )*
         }
         mod named_temp {
-            $( #[test] fn $name() { super::$name(super::common::Temp::Named) } )*
+            $( #[test] fn $name() { super::$name(super::common::Mode::Named) } )*
+        }
+        mod no_kernel_locks {
+            $( #[test] fn $name() { super::$name(super::common::Mode::NoLocks) } )*
         }
     };
 }
@@ -459,4 +483,78 @@ pub fn in_mount_namespace(script: &str) -> Result<std::process::Output, String> 
         return Err(format!("this machine does not allow user namespaces: {stderr}"));
     }
     Ok(out)
+}
+
+/// A lock record as another xlock would have written it (SPEC §4.1), to plant at
+/// LOCK: what xlock makes of it is the evidence table under test.
+#[derive(Debug, Clone)]
+pub struct FakeRecord {
+    pub pid: i32,
+    pub start: u64,
+    pub pidns: String,
+    pub boot: String,
+    pub host: String,
+    pub nonce: String,
+    pub since: SystemTime,
+}
+
+impl FakeRecord {
+    /// A record naming process `pid` (with its true start time, if it runs) of this
+    /// host, boot and PID namespace, acquired now.
+    pub fn of(pid: i32) -> FakeRecord {
+        FakeRecord {
+            pid,
+            start: start_time(pid).unwrap_or(1),
+            pidns: fs::read_link("/proc/self/ns/pid")
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+            boot: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .unwrap()
+                .trim()
+                .to_owned(),
+            host: nix::unistd::gethostname().unwrap().to_string_lossy().into_owned(),
+            nonce: format!("{:032x}", now_ns()),
+            since: SystemTime::now(),
+        }
+    }
+
+    /// The record's line, fields in xlock's order (a record starts with `{"xlock":`).
+    pub fn json(&self) -> String {
+        let quoted = |s: &str| serde_json::Value::from(s).to_string();
+        format!(
+            "{{\"xlock\":1,\"pid\":{},\"start\":{},\"pidns\":{},\"boot\":{},\"host\":{},\"nonce\":{},\"since\":{},\"cmd\":\"planted by a test\"}}\n",
+            self.pid,
+            self.start,
+            quoted(&self.pidns),
+            quoted(&self.boot),
+            quoted(&self.host),
+            quoted(&self.nonce),
+            quoted(&humantime::format_rfc3339_millis(self.since).to_string()),
+        )
+    }
+
+    /// Writes the record at `path`.
+    pub fn plant(&self, path: &Path) {
+        fs::write(path, self.json()).unwrap();
+    }
+}
+
+/// Field 22 of /proc/PID/stat, if the process exists.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
+}
+
+/// The PID of a process that has ended and been reaped.
+pub fn dead_pid() -> i32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id() as i32
+}
+
+/// Sets the file's mtime (the heartbeat) to `age` ago.
+pub fn set_age(path: &Path, age: Duration) {
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - age).unwrap();
 }
