@@ -38,6 +38,9 @@ pub struct Signals {
     /// SIGCHLD was ignored when xlock started (it must not be, or children could not
     /// be waited for); the child gets it back ignored.
     chld_ignored: bool,
+    /// SIGPIPE was ignored when xlock started; std resets it to default in children,
+    /// so the child gets it back ignored.
+    pipe_ignored: bool,
 }
 
 /// What ended a wait.
@@ -60,7 +63,11 @@ impl Signals {
             set.add(signal);
         }
         set.add(Signal::SIGCHLD);
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("cannot block signals")?;
+        // SIGPIPE is blocked too, not read: a write to a closed stderr fails with
+        // EPIPE instead of killing xlock while it holds the lock.
+        let mut blocked = set;
+        blocked.add(Signal::SIGPIPE);
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None).context("cannot block signals")?;
         let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
         // SAFETY: installs the default disposition, which runs no code of ours.
         let old = unsafe { sigaction(Signal::SIGCHLD, &default) }.context("cannot reset SIGCHLD")?;
@@ -69,6 +76,7 @@ impl Signals {
         Ok(Signals {
             fd,
             chld_ignored: matches!(old.handler(), SigHandler::SigIgn),
+            pipe_ignored: ignored(libc::SIGPIPE),
         })
     }
 
@@ -114,24 +122,41 @@ impl Signals {
     pub fn child_reset(&self) -> ChildReset {
         ChildReset {
             chld_ignored: self.chld_ignored,
+            pipe_ignored: self.pipe_ignored,
         }
     }
 }
 
-/// Restores, in the child between fork and exec, what xlock changed: an empty
-/// signal mask, and SIGCHLD ignored if it was.
+/// Whether `signal`'s disposition is SIG_IGN (asked, not changed).
+fn ignored(signal: i32) -> bool {
+    // SAFETY: a zeroed sigaction is a valid out-parameter; with a null new action,
+    // sigaction only reads the current disposition into it.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Restores, in the child between fork and exec, what xlock (or std) changed: an
+/// empty signal mask, and SIGCHLD and SIGPIPE ignored if they were.
 #[derive(Debug, Clone, Copy)]
 pub struct ChildReset {
     chld_ignored: bool,
+    pipe_ignored: bool,
 }
 
 impl ChildReset {
     /// Async-signal-safe: only sigaction and sigprocmask.
     pub fn apply(self) -> io::Result<()> {
-        if self.chld_ignored {
-            let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-            // SAFETY: SIG_IGN runs no code; sigaction is async-signal-safe.
-            unsafe { sigaction(Signal::SIGCHLD, &ignore) }?;
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        for (signal, was_ignored) in [
+            (Signal::SIGCHLD, self.chld_ignored),
+            (Signal::SIGPIPE, self.pipe_ignored),
+        ] {
+            if was_ignored {
+                // SAFETY: SIG_IGN runs no code; sigaction is async-signal-safe.
+                unsafe { sigaction(signal, &ignore) }?;
+            }
         }
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         Ok(())

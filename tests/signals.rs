@@ -146,8 +146,9 @@ fn child_masks(shell: &str, direct: bool) -> (u64, u64) {
 }
 
 /// Acceptance 4: a foreground command gets an empty blocked mask; a command started
-/// under `bash -c '... &'` still has SIGINT and SIGQUIT ignored. In both cases the
-/// ignored set is exactly what the command has without xlock.
+/// under `bash -c '... &'` still has SIGINT and SIGQUIT ignored, and one started with
+/// SIGPIPE ignored has it ignored. In each case the ignored set is exactly what the
+/// command has without xlock.
 #[test]
 fn the_command_inherits_dispositions_not_xlocks_mask() {
     let bit = |signal: Signal| 1u64 << (signal as u64 - 1);
@@ -171,6 +172,14 @@ fn the_command_inherits_dispositions_not_xlocks_mask() {
         child_masks("XLOCK & wait", true).1,
         "ignored signals differ from a run without xlock"
     );
+    // An ignored SIGPIPE stays ignored (std would reset it in children).
+    let (_, ignored) = child_masks("trap '' PIPE; XLOCK", false);
+    assert_ne!(
+        ignored & bit(Signal::SIGPIPE),
+        0,
+        "SigIgn {ignored:x}: SIGPIPE not ignored"
+    );
+    assert_eq!(ignored, child_masks("trap '' PIPE; XLOCK", true).1);
 }
 
 /// Acceptance 5: Ctrl-Z on a terminal stops xlock and the command; `fg` resumes both and
