@@ -179,11 +179,14 @@ fn read_modify_write_of_a_shared_index() {
         .iter()
         .map(|entry| unlocked(&["json-append", bare.to_str().unwrap(), entry]))
         .collect();
-    assert!(failures(without).is_empty());
-    let kept = json_index_entries(&bare).len();
+    // Without a lock, updates are lost, or two writers' bytes mix (a torn file, which
+    // the next reader fails to parse): either shows the failure.
+    let errors = failures(without);
+    let text = fs::read_to_string(&bare).unwrap();
+    let kept = serde_json::from_str::<Vec<String>>(&text).map_or(0, |entries| entries.len());
     assert!(
-        kept < 20,
-        "without a lock no entry was lost ({kept}/20): the workload cannot show the failure"
+        kept < 20 || !errors.is_empty(),
+        "without a lock no entry was lost ({kept}/20) and no reader failed: the workload cannot show the failure"
     );
 }
 
