@@ -425,15 +425,20 @@ impl Held {
         self.command_lock.as_ref().map(AsRawFd::as_raw_fd)
     }
 
-    /// Whether LOCK is still this holder's file with its nonce.
+    /// Whether LOCK is still this holder's file with its nonce: LOCK is our inode, and
+    /// the record in that inode, read through our own descriptor (no open of the path:
+    /// this runs on the hand-off's path, at release), carries our nonce.
     pub fn is_ours(&self) -> io::Result<bool> {
-        Ok(match open_record(&self.lock.path)? {
-            Found::Record(found) => found.same_file(&self.file_id) && found.record.nonce == self.nonce,
-            Found::Vanished | Found::Foreign(_) => false,
-        })
+        use std::os::unix::fs::FileExt;
+        if !self.at_lock()? {
+            return Ok(false);
+        }
+        let mut bytes = [0u8; record::MAX_LEN + 1];
+        let len = self.file.read_at(&mut bytes, 0)?;
+        Ok(Record::parse(&bytes[..len]).is_ok_and(|record| record.nonce == self.nonce))
     }
 
-    /// Whether LOCK is our inode (no descriptor needed: for when `is_ours` fails).
+    /// Whether LOCK is our inode.
     fn at_lock(&self) -> io::Result<bool> {
         is_at(&self.lock.path, self.file_id)
     }
@@ -1027,6 +1032,10 @@ fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<W
     // The result goes through a channel before the pipe wakes us, so we go on without
     // joining: a join would wait for the thread's teardown, on the hand-off's path.
     let (result_tx, result_rx) = std::sync::mpsc::channel();
+    // One malloc arena: otherwise glibc gives the helper's first allocation an arena of
+    // its own (a 128 MiB reservation, then two munmaps), CPU that contended xlocks share.
+    // SAFETY: mallopt only changes a malloc tunable; no allocation is in flight here.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     thread::Builder::new()
         .name("xlock-wait".into())
         .stack_size(64 * 1024)

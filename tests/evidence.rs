@@ -22,6 +22,7 @@ tests_in_every_mode!(
     heartbeat_keeps_the_mtime_fresh,
     deleted_lock_stops_the_command,
     replaced_lock_stops_the_command_and_is_left_alone,
+    overwritten_lock_is_not_ours_any_more,
     nested_xlock_on_the_same_lock_runs_at_once,
     forged_or_stale_xlock_held_gives_no_free_pass,
 );
@@ -261,6 +262,30 @@ fn replaced_lock_stops_the_command_and_is_left_alone(t: Mode) {
     assert_eq!(status.code(), Some(125));
     assert!(fs::read_to_string(&errors).unwrap().contains("lost the lock"));
     assert_eq!(fs::read_to_string(&lock).unwrap(), replacement.json());
+}
+
+/// SPEC §4.5: the nonce is checked, not just the inode: a record written over ours in
+/// the same file (another program's, with another nonce) makes the lock not ours, and
+/// xlock leaves the file alone.
+fn overwritten_lock_is_not_ours_any_more(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let other = FakeRecord::of(std::process::id() as i32);
+    let written = sandbox.path("other");
+    other.plant(&written);
+    let out = t
+        .xlock([
+            lock.to_str().unwrap(),
+            "sh",
+            "-c",
+            &format!("cat '{}' > '{}'", written.display(), lock.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("removed or replaced"), "{stderr}");
+    assert_eq!(fs::read_to_string(&lock).unwrap(), other.json());
 }
 
 /// Acceptance 5: `xlock L -- sh -c 'xlock L -- echo inner'` prints `inner` at once;
