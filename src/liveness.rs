@@ -50,7 +50,7 @@ impl Identity {
             .map_err(|err| proc_error("/proc/self/ns/pid", err))?
             .to_string_lossy()
             .into_owned();
-        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        let boot = read_proc("/proc/sys/kernel/random/boot_id")
             .map_err(|err| proc_error("/proc/sys/kernel/random/boot_id", err))?
             .trim()
             .to_owned();
@@ -84,7 +84,7 @@ pub fn proc_stat(pid: i32) -> io::Result<Option<(u64, char)>> {
 }
 
 fn read_stat(path: &str) -> io::Result<Option<(u64, char)>> {
-    let text = match fs::read_to_string(path) {
+    let text = match read_proc(path) {
         Ok(text) => text,
         // ESRCH: the process ended between the open and the read.
         Err(err) if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(nix::libc::ESRCH) => {
@@ -95,6 +95,24 @@ fn read_stat(path: &str) -> io::Result<Option<(u64, char)>> {
     parse_stat(&text)
         .map(Some)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected {path}: {text}")))
+}
+
+/// Reads a small /proc file whole. /proc files report size 0, so `read_to_string`
+/// would stat the file and then read it in growing pieces (six reads for a stat
+/// line); one read into a page-sized buffer does, on every xlock's start.
+fn read_proc(path: &str) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buffer = [0u8; 4096];
+    let mut len = 0;
+    // Both files xlock reads this way are one line: its newline ends the reading.
+    while len < buffer.len() && !buffer[..len].ends_with(b"\n") {
+        match file.read(&mut buffer[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    String::from_utf8(buffer[..len].to_vec()).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
 /// Parses /proc/PID/stat. The command name (field 2) may hold spaces and ')', so

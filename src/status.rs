@@ -27,8 +27,9 @@ const NOTICE_EVERY: Duration = Duration::from_secs(1);
 pub struct Reporter {
     verbosity: Verbosity,
     lock: String,
-    /// stderr is a terminal: the notice is one line, rewritten in place.
-    terminal: bool,
+    /// stderr is a terminal: the notice is one line, rewritten in place. Asked the
+    /// first time it matters (an uncontended run never asks).
+    terminal: std::cell::OnceCell<bool>,
     wait_began: Cell<Option<Instant>>,
     notice_shown: Cell<bool>,
 }
@@ -38,16 +39,20 @@ impl Reporter {
         Reporter {
             verbosity,
             lock: lock.display().to_string(),
-            terminal: std::io::stderr().is_terminal(),
+            terminal: std::cell::OnceCell::new(),
             wait_began: Cell::new(None),
             notice_shown: Cell::new(false),
         }
     }
 
+    fn terminal(&self) -> bool {
+        *self.terminal.get_or_init(|| std::io::stderr().is_terminal())
+    }
+
     fn notice_wanted(&self) -> bool {
         match self.verbosity {
             Verbosity::Quiet => false,
-            Verbosity::Normal => self.terminal,
+            Verbosity::Normal => self.terminal(),
             Verbosity::Verbose => true,
         }
     }
@@ -66,7 +71,7 @@ impl Reporter {
             return;
         }
         let text = format!("waiting for {} (held by {})…", self.lock, holder_text(holder));
-        if self.terminal {
+        if self.terminal() {
             let shown: String = format!("xlock: {text}").chars().take(terminal_width() - 1).collect();
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K{shown}");
             self.notice_shown.set(true);
@@ -77,7 +82,7 @@ impl Reporter {
 
     /// A wait ended: clears the notice from the terminal.
     pub fn done_waiting(&self) {
-        if self.terminal && self.notice_shown.replace(false) {
+        if self.terminal() && self.notice_shown.replace(false) {
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
         }
     }
