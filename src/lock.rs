@@ -26,7 +26,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -36,7 +35,7 @@ use nix::libc;
 
 use crate::liveness::{self, Facts, Identity, Stale, Verdict};
 use crate::record::{self, NotARecord, Record};
-use crate::signals::{self, Event, Signals};
+use crate::signals::{self, Event, Signals, Wake};
 use crate::status::{io_reason, Reporter};
 
 /// The byte that the command lock covers. The process lock is a flock(2), which on
@@ -150,6 +149,10 @@ impl Deadline {
             crate::cli::Wait::Forever => Deadline(None),
             crate::cli::Wait::Upto(d) => Deadline(Some(Instant::now() + d)),
         }
+    }
+
+    fn end(self) -> Option<Instant> {
+        self.0
     }
 
     fn remaining(self) -> Option<Duration> {
@@ -1023,42 +1026,32 @@ fn wait_for(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<W
     outcome
 }
 
-/// The blocking part of [`wait_for`], keeping the waiting notice current.
+/// The blocking part of [`wait_for`], keeping the waiting notice current. The lock
+/// call blocks this thread itself, so the holder's release wakes it directly; a
+/// signal, the deadline or the notice's tick interrupts it.
 fn block_on(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
-    let waiting_error = |err: io::Error| anyhow!("cannot wait for {}: {}", req.lock.shown(), io_reason(&err));
-    let blocking = theirs.file.try_clone().map_err(waiting_error)?;
-    let (done_rx, done_tx) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|err| waiting_error(err.into()))?;
-    // The result goes through a channel before the pipe wakes us, so we go on without
-    // joining: a join would wait for the thread's teardown, on the hand-off's path.
-    let (result_tx, result_rx) = std::sync::mpsc::channel();
-    // One malloc arena: otherwise glibc gives the helper's first allocation an arena of
-    // its own (a 128 MiB reservation, then two munmaps), CPU that contended xlocks share.
-    // SAFETY: mallopt only changes a malloc tunable; no allocation is in flight here.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    thread::Builder::new()
-        .name("xlock-wait".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let _ = result_tx.send(kind.take(&blocking, true));
-            let _ = nix::unistd::write(&done_tx, b".");
-        })
-        .map_err(waiting_error)?;
+    let interrupter = req
+        .signals
+        .interrupter(req.deadline.end(), req.report.tick())
+        .map_err(|err| anyhow!("cannot wait for {}: {}", req.lock.shown(), io_reason(&err)))?;
     loop {
-        match req.signals.wait(Some(done_rx.as_fd()), next_wake(req, None))? {
-            Event::Ready => {
-                let taken = result_rx
-                    .recv()
-                    .map_err(|_| anyhow!("the lock-waiting thread failed"))?;
-                taken.map_err(|err| lock_error(req, err))?;
-                return Ok(Waited::Got(true));
+        match interrupter.take() {
+            Some(Wake::Tick) => req.report.waiting(&theirs.record),
+            Some(Wake::Deadline) => return Ok(Waited::TimedOut),
+            Some(Wake::Signal(signal)) => return Ok(Waited::Interrupted(signal)),
+            None => {}
+        }
+        match interrupter.run(|| kind.take(&theirs.file, true)) {
+            // A signal caught as the lock came still ends the wait: it was not queued
+            // for the signalfd, so this is the one chance to honour it.
+            Ok(_) => {
+                return Ok(match interrupter.take() {
+                    Some(Wake::Signal(signal)) => Waited::Interrupted(signal),
+                    _ => Waited::Got(true),
+                })
             }
-            Event::Signal(info) if signals::ends_wait(signals::number(&info)) => {
-                return Ok(Waited::Interrupted(signals::number(&info)));
-            }
-            Event::Timeout if req.deadline.passed() => return Ok(Waited::TimedOut),
-            Event::Timeout => req.report.waiting(&theirs.record),
-            Event::Signal(_) | Event::Again => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(lock_error(req, err)),
         }
     }
 }

@@ -8,7 +8,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -164,6 +165,186 @@ impl ChildReset {
 }
 
 /// The signal number of a signalfd read, 0 for none.
+/// Why the [`Interrupter`] stopped a blocking call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The waiting notice is due.
+    Tick,
+    /// The deadline passed.
+    Deadline,
+    /// This signal came, and it ends the wait.
+    Signal(i32),
+}
+
+/// Lets the main thread block in a system call itself (a lock call: the holder's
+/// release then wakes it directly, with no thread in between) while still ending the
+/// wait for a signal, the deadline, or the waiting notice's tick.
+///
+/// While the call runs, the signals that end a wait are unblocked, with a handler
+/// (no SA_RESTART) that records the signal, so the call fails with EINTR. A timer
+/// sends [`wake_signal`] (a handler that does nothing) at the deadline or the tick.
+/// A signal can land just before the call begins, when interrupting it is too early:
+/// so the handler arms the timer to fire every millisecond, and a due deadline or tick
+/// keeps firing every millisecond until [`Interrupter::take`] has seen it. No thread,
+/// no polling. Dispositions are restored when the wait is over, before the command
+/// is started.
+pub struct Interrupter {
+    timer: libc::timer_t,
+    /// The signals unblocked during the call, and their dispositions before.
+    saved: Vec<(i32, libc::sigaction)>,
+    unblocked: SigSet,
+    deadline: Option<Instant>,
+    tick: Option<Duration>,
+    next_tick: std::cell::Cell<Option<Instant>>,
+}
+
+/// The signal the handler caught (0: none). One wait at a time, in the main thread.
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// The interrupter's timer, for the handler to re-arm.
+static TIMER: std::sync::atomic::AtomicPtr<libc::c_void> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// The real-time signal that interrupts the main thread's blocking call; xlock's own.
+pub fn wake_signal() -> i32 {
+    libc::SIGRTMIN() + 2
+}
+
+extern "C" fn on_wake(_: libc::c_int) {}
+
+extern "C" fn on_ending(signal: libc::c_int) {
+    let _ = CAUGHT.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    kick(TIMER.load(Ordering::SeqCst), Duration::from_millis(1));
+}
+
+/// Arms `timer` to fire after `after`, then every millisecond. Async-signal-safe.
+fn kick(timer: libc::timer_t, after: Duration) {
+    let after = after.max(Duration::from_nanos(1));
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_nsec: after.subsec_nanos() as libc::c_long,
+        },
+    };
+    // SAFETY: timer_settime is async-signal-safe; `spec` is a valid itimerspec.
+    unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+}
+
+/// Installs `handler` for `signal` without SA_RESTART; returns the disposition before.
+fn install(signal: i32, handler: extern "C" fn(libc::c_int)) -> io::Result<libc::sigaction> {
+    // SAFETY: both handlers are async-signal-safe (an atomic store, timer_settime, or
+    // nothing); zeroed sigactions are valid values for the out and in parameters.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as *const () as libc::sighandler_t;
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, &action, &mut old) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(old)
+    }
+}
+
+impl Signals {
+    /// Prepares a blocking call in this (the main) thread that ends for a signal,
+    /// at `deadline` (if any), and every `tick` (if any). xlock has no other thread.
+    pub fn interrupter(&self, deadline: Option<Instant>, tick: Option<Duration>) -> io::Result<Interrupter> {
+        install(wake_signal(), on_wake)?;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: a zeroed sigevent is valid; SIGEV_SIGNAL sends sigev_signo to the
+        // process, whose only thread is this one. `timer` receives the new timer's id.
+        unsafe {
+            let mut event: libc::sigevent = std::mem::zeroed();
+            event.sigev_notify = libc::SIGEV_SIGNAL;
+            event.sigev_signo = wake_signal();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        TIMER.store(timer, Ordering::SeqCst);
+        CAUGHT.store(0, Ordering::SeqCst);
+        let mut interrupter = Interrupter {
+            timer,
+            saved: Vec::new(),
+            unblocked: SigSet::empty(),
+            deadline,
+            tick,
+            next_tick: std::cell::Cell::new(tick.map(|t| Instant::now() + t)),
+        };
+        for signal in FORWARDED.iter().filter(|&&s| ends_wait(s as i32)) {
+            // An ignored signal stays ignored (and blocked).
+            if ignored(*signal as i32) {
+                continue;
+            }
+            let old = install(*signal as i32, on_ending)?;
+            interrupter.saved.push((*signal as i32, old));
+            interrupter.unblocked.add(*signal);
+        }
+        interrupter.arm();
+        Ok(interrupter)
+    }
+}
+
+impl Interrupter {
+    /// Arms the timer for the deadline or the next tick, whichever comes first.
+    fn arm(&self) {
+        match [self.deadline, self.next_tick.get()].into_iter().flatten().min() {
+            Some(at) => kick(self.timer, at.saturating_duration_since(Instant::now())),
+            None => {
+                // SAFETY: a zeroed itimerspec disarms the timer.
+                unsafe { libc::timer_settime(self.timer, 0, &std::mem::zeroed(), std::ptr::null_mut()) };
+            }
+        }
+    }
+
+    /// Runs `call` with the ending signals deliverable. A signal caught before it
+    /// began makes it fail with EINTR at once (or, if it had begun, the timer's next
+    /// millisecond does).
+    pub fn run<T>(&self, call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&self.unblocked), None)?;
+        let result = if CAUGHT.load(Ordering::SeqCst) != 0 {
+            Err(io::Error::from(io::ErrorKind::Interrupted))
+        } else {
+            call()
+        };
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&self.unblocked), None)?;
+        result
+    }
+
+    /// Why the wait should stop, if it should: a caught signal, the deadline, or the
+    /// notice's tick (taking a tick arms the timer for the next).
+    pub fn take(&self) -> Option<Wake> {
+        let now = Instant::now();
+        match CAUGHT.load(Ordering::SeqCst) {
+            0 => {}
+            signal => return Some(Wake::Signal(signal)),
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Some(Wake::Deadline);
+        }
+        if self.next_tick.get().is_some_and(|t| now >= t) {
+            self.next_tick.set(self.tick.map(|t| now + t));
+            self.arm();
+            return Some(Wake::Tick);
+        }
+        None
+    }
+}
+
+impl Drop for Interrupter {
+    fn drop(&mut self) {
+        // SAFETY: the timer is ours; after deleting it, nothing sends the wake signal.
+        unsafe { libc::timer_delete(self.timer) };
+        TIMER.store(std::ptr::null_mut(), Ordering::SeqCst);
+        for (signal, old) in &self.saved {
+            // SAFETY: restores the disposition sigaction gave back for this signal.
+            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
 pub fn number(info: &siginfo) -> i32 {
     info.ssi_signo as i32
 }

@@ -231,7 +231,43 @@ fn job_control_stops_and_resumes_both() {
     assert!(!sandbox.lock().exists());
 }
 
-tests_in_every_mode!(sigterm_while_waiting_leaves_nothing_behind);
+tests_in_every_mode!(
+    sigterm_while_waiting_leaves_nothing_behind,
+    sigterm_at_any_moment_of_the_wait_ends_it
+);
+
+/// SIGTERM sent at random moments while an xlock starts waiting (before, during and
+/// after it enters the lock call, which a signal can only interrupt once the call has
+/// begun): every time, xlock dies of it promptly and leaves nothing behind.
+fn sigterm_at_any_moment_of_the_wait_ends_it(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let mut holder = t.hold(&[], &lock, "sleep 30");
+    let mut random = (now_ns() as u64) | 1;
+    for _ in 0..40 {
+        let mut waiter = t
+            .xlock([lock.to_str().unwrap(), "true"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        std::thread::sleep(Duration::from_micros(random % 3000));
+        kill(waiter.id(), Signal::SIGTERM);
+        let sent = std::time::Instant::now();
+        let status = waiter.wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "took {:?} to end",
+            sent.elapsed()
+        );
+    }
+    assert_eq!(sandbox.entries(), ["test.lock"], "a waiter left something behind");
+    holder.kill(Signal::SIGTERM);
+    holder.wait();
+}
 
 /// Acceptance 6: SIGTERM to an xlock still waiting for the lock: it dies of SIGTERM and
 /// leaves no temp file.
@@ -244,17 +280,15 @@ fn sigterm_while_waiting_leaves_nothing_behind(t: Mode) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Waiting means blocked on the holder's lock, in xlock's helper thread; without
-    // kernel locks, polling with the holder's file open.
-    let tasks = format!("/proc/{}/task", waiter.id());
+    // Waiting means asleep with the holder's file open: blocked on its lock (or,
+    // without kernel locks, between polls).
     let fds = format!("/proc/{}/fd", waiter.id());
     let holders_file = fs::metadata(&lock).unwrap().ino();
-    wait_until(Duration::from_secs(5), "the waiter blocks", || match t {
-        Mode::NoLocks => fs::read_dir(&fds).is_ok_and(|d| {
+    wait_until(Duration::from_secs(5), "the waiter blocks", || {
+        fs::read_dir(&fds).is_ok_and(|d| {
             d.flatten()
                 .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.ino() == holders_file))
-        }),
-        _ => fs::read_dir(&tasks).map(|d| d.count()).unwrap_or(0) >= 2,
+        }) && state_of(waiter.id() as i32) == 'S'
     });
     if t == Mode::Named {
         assert_eq!(
