@@ -206,6 +206,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
         req.report.no_kernel_locks(&req.lock.dir);
     }
     let mut waited = false;
+    let mut took_over = false;
     loop {
         if waited {
             record.since = now();
@@ -242,14 +243,15 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
             continue;
         }
         req.report.took_over(&theirs.record, &why);
-        drop(theirs);
-        sweep(req, ours.kernel_locks);
+        took_over = true;
         break;
     }
     // Step 5: verify.
     let kernel_locks = ours.kernel_locks;
     let held = ours.into_held(req.lock)?;
-    if named || !kernel_locks {
+    // Orphans come from crashes, which a take-over shows; a named temp file's or a
+    // no-locks claimer's crash may leave no other trace.
+    if took_over || named || !kernel_locks {
         sweep(req, kernel_locks);
     }
     req.report.acquired(waited.then(|| started.elapsed()));
@@ -1010,9 +1012,8 @@ enum Waited {
     Interrupted(i32),
 }
 
-/// Takes `kind` on `file`, waiting until the deadline if it is held. The blocking
-/// call runs on a helper thread, so the main thread can watch signals and the
-/// deadline; a helper left behind by a timeout or signal ends with the process.
+/// Takes `kind` on `file`, waiting until the deadline if it is held; a signal that
+/// ends waits ends this one.
 fn wait_for(kind: KernelLock, theirs: &TheirFile, req: &Request<'_>) -> Result<Waited> {
     if kind.take(&theirs.file, false).map_err(|err| lock_error(req, err))? {
         return Ok(Waited::Got(false));
