@@ -190,7 +190,8 @@ pub enum Wake {
 /// is started.
 pub struct Interrupter {
     timer: libc::timer_t,
-    /// The signals unblocked during the call, and their dispositions before.
+    /// The dispositions to restore: the wake signal's, and those of the signals
+    /// unblocked during the call.
     saved: Vec<(i32, libc::sigaction)>,
     unblocked: SigSet,
     deadline: Option<Instant>,
@@ -251,7 +252,7 @@ impl Signals {
     /// Prepares a blocking call in this (the main) thread that ends for a signal,
     /// at `deadline` (if any), and every `tick` (if any). xlock has no other thread.
     pub fn interrupter(&self, deadline: Option<Instant>, tick: Option<Duration>) -> io::Result<Interrupter> {
-        install(wake_signal(), on_wake)?;
+        let wake_before = install(wake_signal(), on_wake)?;
         let mut timer: libc::timer_t = std::ptr::null_mut();
         // SAFETY: a zeroed sigevent is valid; SIGEV_SIGNAL sends sigev_signo to the
         // process, whose only thread is this one. `timer` receives the new timer's id.
@@ -260,14 +261,17 @@ impl Signals {
             event.sigev_notify = libc::SIGEV_SIGNAL;
             event.sigev_signo = wake_signal();
             if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == -1 {
-                return Err(io::Error::last_os_error());
+                let err = io::Error::last_os_error();
+                libc::sigaction(wake_signal(), &wake_before, std::ptr::null_mut());
+                return Err(err);
             }
         }
         TIMER.store(timer, Ordering::SeqCst);
         CAUGHT.store(0, Ordering::SeqCst);
         let mut interrupter = Interrupter {
             timer,
-            saved: Vec::new(),
+            // Restored last, after the timer is gone: no wake signal can come then.
+            saved: vec![(wake_signal(), wake_before)],
             unblocked: SigSet::empty(),
             deadline,
             tick,

@@ -182,6 +182,33 @@ fn the_command_inherits_dispositions_not_xlocks_mask() {
     assert_eq!(ignored, child_masks("trap '' PIPE; XLOCK", true).1);
 }
 
+/// After a wait for the lock (during which xlock catches the signals that end a wait,
+/// and uses a real-time signal of its own), the command still gets every disposition
+/// as xlock got it: here TERM and that real-time signal ignored, as without xlock.
+#[test]
+fn dispositions_survive_a_wait() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let report = "grep -E '^Sig(Blk|Ign)' /proc/self/status";
+    let masks = |shell: String| {
+        let out = Command::new("bash").args(["-c", &shell]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let traps = "trap '' TERM RTMIN+2";
+    let direct = masks(format!("{traps}; {report}"));
+    let mut holder = hold(&[], &lock, "sleep 0.3");
+    let started = std::time::Instant::now();
+    let under = masks(format!(
+        "{traps}; '{}' '{}' {report}",
+        xlock_bin().display(),
+        lock.display()
+    ));
+    assert!(started.elapsed() > Duration::from_millis(100), "xlock did not wait");
+    assert!(direct.contains("SigIgn"), "{direct}");
+    assert_eq!(under, direct);
+    assert!(holder.wait().success());
+}
+
 /// Acceptance 5: Ctrl-Z on a terminal stops xlock and the command; `fg` resumes both and
 /// the run completes.
 #[test]
