@@ -125,6 +125,17 @@ fn parse_stat(text: &str) -> Option<(u64, char)> {
     Some((start, state))
 }
 
+/// A descriptor that becomes readable when process `pid` (of our PID namespace) exits:
+/// a pidfd. `None` where the kernel has none (before Linux 5.3) or the process is gone.
+pub fn exit_fd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a new descriptor that nothing else owns (pidfds
+    // are close-on-exec).
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// What the record's process says about its holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holder {

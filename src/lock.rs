@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, AtFlags, FcntlArg, AT_FDCWD};
 use nix::libc;
 
-use crate::liveness::{self, Facts, Identity, Stale, Verdict};
+use crate::liveness::{self, Alive, Facts, Identity, Stale, Verdict};
 use crate::record::{self, NotARecord, Record};
 use crate::signals::{self, Event, Signals, Wake};
 use crate::status::{io_reason, Reporter};
@@ -236,7 +236,7 @@ pub fn acquire(req: &Request<'_>, mut record: Record) -> Result<Acquired> {
             ours.take_over(req.lock)?;
         } else if !claim_stale(&mut ours, &theirs, req)? {
             // Another waiter claimed it first; see what it made of it after a pause.
-            if let Some(stop) = pause(req, POLL_FIRST)? {
+            if let Paused::Stop(stop) = pause(req, POLL_FIRST, None)? {
                 return Ok(stop.into_acquired(theirs.record));
             }
             waited = true;
@@ -275,26 +275,52 @@ fn wait_out(theirs: &TheirFile, req: &Request<'_>, kernel_locks: bool, waited: &
         }
     }
     // Kernel mode: only the moment between a killed xlock dropping its flock and the
-    // kernel finishing its exit (1 ms first), or another host's heartbeat.
+    // kernel finishing its exit, or another host's heartbeat. A running holder on
+    // this host is waited for exactly, through a pidfd; the rest is polled (1 ms
+    // first with kernel locks, else POLL_FIRST), with backoff.
     let mut every = if kernel_locks {
         Duration::from_millis(1)
     } else {
         POLL_FIRST
     };
+    let mut holder_exit: Option<OwnedFd> = None;
+    let mut watch_holder = true;
     loop {
         if !theirs.at(&req.lock.path).map_err(|err| read_error(req.lock, err))? {
             return Ok(Outcome::Left);
         }
-        if let Verdict::Stale(why) = theirs.judge(req, kernel_locks)? {
-            return Ok(Outcome::Stale(why));
+        match theirs.judge(req, kernel_locks)? {
+            Verdict::Stale(why) => return Ok(Outcome::Stale(why)),
+            Verdict::Alive(Alive::Running) if watch_holder && holder_exit.is_none() => {
+                // Judged again once the pidfd is open, so it cannot be a recycled PID's.
+                holder_exit = liveness::exit_fd(theirs.record.pid);
+                watch_holder = holder_exit.is_some();
+                continue;
+            }
+            Verdict::Alive(_) => {}
         }
         req.report.waiting(&theirs.record);
-        if let Some(stop) = pause(req, every)? {
-            return Ok(stop);
+        match pause(req, every, holder_exit.as_ref().map(AsFd::as_fd))? {
+            Paused::Stop(stop) => return Ok(stop),
+            // It has exited: judge again, then poll if it still counts as alive (its
+            // command's tree, without kernel locks).
+            Paused::Ready => {
+                holder_exit = None;
+                watch_holder = false;
+            }
+            Paused::Elapsed => every = (every * 2).min(POLL_MAX),
         }
         *waited = true;
-        every = (every * 2).min(POLL_MAX);
     }
+}
+
+/// How a [`pause`] ended.
+enum Paused {
+    /// The deadline passed, or a signal ended the wait.
+    Stop(Outcome),
+    /// The descriptor it watched became readable.
+    Ready,
+    Elapsed,
 }
 
 impl Outcome {
@@ -306,18 +332,20 @@ impl Outcome {
     }
 }
 
-/// Sleeps `every` (less if the deadline or the notice's tick comes first). `Some`: the
-/// deadline passed or a signal ended the wait.
-fn pause(req: &Request<'_>, every: Duration) -> Result<Option<Outcome>> {
+/// Sleeps `every` (less if the deadline or the notice's tick comes first; with
+/// `watch`, until it is readable, if that comes first).
+fn pause(req: &Request<'_>, every: Duration, watch: Option<BorrowedFd<'_>>) -> Result<Paused> {
     if req.deadline.passed() {
-        return Ok(Some(Outcome::TimedOut));
+        return Ok(Paused::Stop(Outcome::TimedOut));
     }
-    if let Event::Signal(info) = req.signals.wait(None, next_wake(req, Some(every)))? {
-        if signals::ends_wait(signals::number(&info)) {
-            return Ok(Some(Outcome::Interrupted(signals::number(&info))));
+    let limit = if watch.is_some() { None } else { Some(every) };
+    Ok(match req.signals.wait(watch, next_wake(req, limit))? {
+        Event::Signal(info) if signals::ends_wait(signals::number(&info)) => {
+            Paused::Stop(Outcome::Interrupted(signals::number(&info)))
         }
-    }
-    Ok(None)
+        Event::Ready => Paused::Ready,
+        _ => Paused::Elapsed,
+    })
 }
 
 /// No-locks take-over of `theirs` (SPEC §4.3): only the waiter that creates the claim
