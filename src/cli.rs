@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, CommandFactory, Parser};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use crate::exit::Exit;
 
@@ -150,9 +150,16 @@ where
     T: Into<OsString>,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    let cli = match Cli::try_parse_from(split_at_lock(args)) {
+    // One clap Command serves both the split and the parse: building it is most of
+    // what parsing costs, on every run.
+    let mut command = Cli::command();
+    let split = split_at_lock(&command, args);
+    let cli = match command
+        .try_get_matches_from_mut(split)
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches))
+    {
         Ok(cli) => cli,
-        Err(err) => return clap_outcome(err),
+        Err(err) => return clap_outcome(err.with_cmd(&command)),
     };
     if cli.status {
         cli.validate_status().map(Parsed::Status)
@@ -291,8 +298,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Splits argv so that clap sees only the options before LOCK: the words after LOCK
 /// are passed behind `--`, verbatim, except a trailing `-c STR` (the flock(1) form),
 /// which is passed as the option.
-fn split_at_lock(args: Vec<OsString>) -> Vec<OsString> {
-    let Some(lock_at) = lock_index(&args) else { return args };
+fn split_at_lock(command: &clap::Command, args: Vec<OsString>) -> Vec<OsString> {
+    let Some(lock_at) = lock_index(command, &args) else {
+        return args;
+    };
     let (head, tail) = args.split_at(lock_at + 1);
     let mut out = head.to_vec();
     match tail {
@@ -310,8 +319,7 @@ fn split_at_lock(args: Vec<OsString>) -> Vec<OsString> {
 /// The index in argv of LOCK: the first word that is neither an option nor an
 /// option's value. `None` if there is no such word (clap then reports what is
 /// missing), or if `--` comes first (clap handles that form itself).
-fn lock_index(args: &[OsString]) -> Option<usize> {
-    let cmd = Cli::command();
+fn lock_index(cmd: &clap::Command, args: &[OsString]) -> Option<usize> {
     let takes_value = |arg: &clap::Arg| {
         !matches!(
             arg.get_action(),

@@ -468,7 +468,7 @@ impl Held {
         }
         let mut bytes = [0u8; record::MAX_LEN + 1];
         let len = self.file.read_at(&mut bytes, 0)?;
-        Ok(Record::parse(&bytes[..len]).is_ok_and(|record| record.nonce == self.nonce))
+        Ok(record::carries_nonce(&bytes[..len], &self.nonce))
     }
 
     /// Whether LOCK is our inode.

@@ -68,6 +68,14 @@ impl fmt::Display for NotARecord {
     }
 }
 
+/// Whether `bytes`, a record xlock wrote, carries `nonce`: the record's nonce field,
+/// found without parsing (this runs at every verification, on the hand-off's path).
+/// A nonce is 32 hex digits, so its quoted field cannot occur anywhere else.
+pub fn carries_nonce(bytes: &[u8], nonce: &str) -> bool {
+    let field = format!("\"nonce\":\"{nonce}\"");
+    bytes.starts_with(MAGIC) && bytes.windows(field.len()).any(|window| window == field.as_bytes())
+}
+
 impl Record {
     /// The record as written to the file: one line of JSON ending in a newline.
     pub fn to_line(&self) -> Vec<u8> {
@@ -209,6 +217,21 @@ mod tests {
         assert_eq!(describe(&CommandSpec::Shell("a && b".into())), "a && b");
         let long = describe(&argv(&["é".repeat(400).as_str()]));
         assert!(long.len() <= MAX_CMD && long.len() >= MAX_CMD - 3, "{}", long.len());
+    }
+
+    #[test]
+    fn the_nonce_is_found_in_its_field_only() {
+        let record = sample();
+        assert!(carries_nonce(&record.to_line(), &record.nonce));
+        assert!(!carries_nonce(&record.to_line(), "fedcba9876543210fedcba9876543210"));
+        // A command that spells out another nonce's field does not carry it.
+        let mut tricky = sample();
+        let other = "fedcba9876543210fedcba9876543210";
+        tricky.cmd = format!(r#"echo "nonce":"{other}""#);
+        assert!(!carries_nonce(&tricky.to_line(), other));
+        assert!(carries_nonce(&tricky.to_line(), &tricky.nonce));
+        // Not a record at all.
+        assert!(!carries_nonce(format!(r#""nonce":"{other}""#).as_bytes(), other));
     }
 
     #[test]

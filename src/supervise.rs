@@ -86,7 +86,8 @@ const CHILD_STACK: usize = 256 * 1024;
 /// only async-signal-safe calls and allocates nothing.
 struct Exec {
     argv: Vec<CString>,
-    envp: Vec<CString>,
+    /// The variables xlock adds (the rest of `envp_ptrs` is xlock's own environment).
+    added_env: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
     death: Signal,
@@ -111,25 +112,23 @@ impl Exec {
             .iter()
             .map(|arg| c_string(arg.as_bytes().to_vec()))
             .collect::<Result<Vec<_>>>()?;
-        let mut envp = Vec::new();
-        for (name, value) in std::env::vars_os() {
-            if !env.iter().any(|(ours, _)| name == *ours) {
-                envp.push(c_string([name.as_bytes(), b"=", value.as_bytes()].concat())?);
-            }
-        }
-        for (name, value) in env {
-            envp.push(c_string([name.as_bytes(), b"=", value.as_bytes()].concat())?);
-        }
-        let pointers = |strings: &[CString]| {
-            let mut pointers: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
-            pointers.push(std::ptr::null());
-            pointers
-        };
+        let envp = env
+            .iter()
+            .map(|(name, value)| c_string([name.as_bytes(), b"=", value.as_bytes()].concat()))
+            .collect::<Result<Vec<_>>>()?;
+        let pointers = |strings: &[CString]| strings.iter().map(|s| s.as_ptr()).collect::<Vec<_>>();
+        let mut argv_ptrs = pointers(&argv);
+        argv_ptrs.push(std::ptr::null());
+        // xlock's own environment as it is (its strings, not copies), less the
+        // variables `env` sets, then those.
+        let mut envp_ptrs = inherited_environment(env);
+        envp_ptrs.extend(pointers(&envp));
+        envp_ptrs.push(std::ptr::null());
         Ok(Exec {
-            argv_ptrs: pointers(&argv),
-            envp_ptrs: pointers(&envp),
+            argv_ptrs,
+            envp_ptrs,
             argv,
-            envp,
+            added_env: envp,
             death,
             inherit,
             reset: signals.child_reset(),
@@ -141,7 +140,7 @@ impl Exec {
     /// Starts the command; returns once it has exec'd (or failed to).
     fn spawn(&mut self) -> io::Result<Pid> {
         debug_assert_eq!(self.argv_ptrs.len(), self.argv.len() + 1);
-        debug_assert_eq!(self.envp_ptrs.len(), self.envp.len() + 1);
+        debug_assert!(self.envp_ptrs.len() > self.added_env.len());
         let mut stack = vec![0u8; CHILD_STACK];
         // Stacks grow down: the child starts at the top, 16-byte aligned.
         let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
@@ -170,6 +169,31 @@ impl Exec {
         }
         Ok(pid)
     }
+}
+
+extern "C" {
+    /// The C library's environment: the one std reads and `execve` passes on.
+    static environ: *const *const libc::c_char;
+}
+
+/// Pointers to xlock's environment strings, less those naming a variable in `env`.
+fn inherited_environment(env: &[(&str, OsString)]) -> Vec<*const libc::c_char> {
+    let mut pointers = Vec::new();
+    // SAFETY: `environ` is a null-terminated array of NUL-terminated strings. xlock
+    // never changes its environment (no setenv; one thread), so the array and its
+    // strings stay as they are until the child's exec has copied them.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let bytes = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            let name = bytes.split(|&b| b == b'=').next().unwrap_or_default();
+            if !env.iter().any(|(ours, _)| ours.as_bytes() == name) {
+                pointers.push(*entry);
+            }
+            entry = entry.add(1);
+        }
+    }
+    pointers
 }
 
 /// The child, between clone and exec, sharing xlock's memory.
