@@ -270,7 +270,7 @@ impl Signals {
         CAUGHT.store(0, Ordering::SeqCst);
         let mut interrupter = Interrupter {
             timer,
-            // Restored last, after the timer is gone: no wake signal can come then.
+            // Restored once the timer is deleted (see Drop): no wake signal comes then.
             saved: vec![(wake_signal(), wake_before)],
             unblocked: SigSet::empty(),
             deadline,
