@@ -138,7 +138,7 @@ pub fn exit_fd(pid: i32) -> Option<std::os::fd::OwnedFd> {
 
 /// What the record's process says about its holder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holder {
+enum Holder {
     /// The recorded process runs, with the recorded start time.
     Running,
     /// It has ended (or its PID now belongs to another process).
@@ -148,7 +148,7 @@ pub enum Holder {
 }
 
 /// Judges the record's process from this process's point of view.
-pub fn holder_process(record: &Record, me: &Identity) -> io::Result<Holder> {
+fn holder_process(record: &Record, me: &Identity) -> io::Result<Holder> {
     if record.boot != me.boot || record.pidns != me.pidns {
         return Ok(Holder::Unknown);
     }
@@ -242,7 +242,7 @@ pub fn judge(record: &Record, facts: &Facts<'_>) -> io::Result<Verdict> {
             return Ok(Verdict::Stale(Stale::LocksFree));
         }
         if !facts.kernel_locks {
-            let writers = processes_with_open(facts.file_id, true);
+            let writers = processes_writing(facts.file_id);
             if !writers.is_empty() {
                 return Ok(Verdict::Alive(Alive::Command(writers)));
             }
@@ -278,11 +278,11 @@ fn boot_time() -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
-/// The processes (PID, name) that have the file `id` open (with `writers`: open for
-/// writing, as the holder and its command's tree have it; waiters only read it).
-/// OFD locks carry no PID, so /proc/*/fd is the way to tell who keeps a lock file.
-/// Other users' processes are visible only to root.
-pub fn processes_with_open(id: (u64, u64), writers: bool) -> Vec<(i32, String)> {
+/// The processes (PID, name) that have the file `id` open for writing, as the holder
+/// and its command's tree have it (waiters only read it). OFD locks carry no PID, so
+/// /proc/*/fd is the way to tell who keeps a lock file. Other users' processes are
+/// visible only to root.
+pub fn processes_writing(id: (u64, u64)) -> Vec<(i32, String)> {
     use std::os::unix::fs::MetadataExt;
     let me = std::process::id() as i32;
     let mut found = Vec::new();
@@ -298,8 +298,7 @@ pub fn processes_with_open(id: (u64, u64), writers: bool) -> Vec<(i32, String)> 
             continue;
         };
         let has_it = fds.flatten().any(|fd| {
-            fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == id)
-                && (!writers || opened_for_writing(pid, &fd.file_name()))
+            fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == id) && opened_for_writing(pid, &fd.file_name())
         });
         if has_it {
             let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();

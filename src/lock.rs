@@ -554,7 +554,7 @@ pub fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> Result<
         return Ok(State::Free); // released a moment ago
     }
     if kernel_locks && command_lock_held(&theirs.file).map_err(lock_error)? {
-        return Ok(held(liveness::processes_with_open(theirs.file_id, true)));
+        return Ok(held(liveness::processes_writing(theirs.file_id)));
     }
     Ok(
         match theirs.verdict(me, kernel_locks, stale_after).map_err(lock_error)? {

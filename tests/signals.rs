@@ -270,17 +270,14 @@ fn sigterm_at_any_moment_of_the_wait_ends_it(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = t.hold(&[], &lock, "sleep 30");
-    let mut random = (now_ns() as u64) | 1;
+    let mut random = Random::new();
     for _ in 0..40 {
         let mut waiter = t
             .xlock([lock.to_str().unwrap(), "true"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        std::thread::sleep(Duration::from_micros(random % 3000));
+        std::thread::sleep(Duration::from_micros(random.below(3000)));
         kill(waiter.id(), Signal::SIGTERM);
         let sent = std::time::Instant::now();
         let status = waiter.wait().unwrap();

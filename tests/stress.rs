@@ -29,18 +29,6 @@ fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A small xorshift generator: random enough to pick victims and pauses.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 fn exclusion_holds_while_xlocks_are_killed_at_random(t: Mode) {
     let workers = setting("XLOCK_STRESS_WORKERS", 8);
     let runs = setting("XLOCK_STRESS_RUNS", 100);
@@ -61,7 +49,7 @@ fn exclusion_holds_while_xlocks_are_killed_at_random(t: Mode) {
     let killer = {
         let (live, done, kills) = (live.clone(), done.clone(), kills.clone());
         thread::spawn(move || {
-            let mut random = Random(common::now_ns() as u64 | 1);
+            let mut random = Random::new();
             while !done.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_micros(2000 + random.below(20_000)));
                 let live = live.lock().unwrap();

@@ -485,6 +485,23 @@ pub fn in_mount_namespace(script: &str) -> Result<std::process::Output, String> 
     Ok(out)
 }
 
+/// A small xorshift generator: random enough to pick victims and pauses.
+pub struct Random(pub u64);
+
+impl Random {
+    /// Seeded from the clock.
+    pub fn new() -> Random {
+        Random(now_ns() as u64 | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// A lock record as another xlock would have written it (SPEC §4.1), to plant at
 /// LOCK: what xlock makes of it is the evidence table under test.
 #[derive(Debug, Clone)]
