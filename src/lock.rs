@@ -388,12 +388,14 @@ fn claim_stale(ours: &mut Candidate, theirs: &TheirFile, req: &Request<'_>) -> R
     if !theirs.at(&lock.path).map_err(|err| read_error(lock, err))? {
         // Give the claim up, but keep a name: an O_TMPFILE once linked cannot be
         // linked again after its last name is gone. Our temp name is ours alone.
-        if ours.temp.as_ref().is_none() && is_at(&claim, ours.file_id).unwrap_or(false) {
-            let temp = lock.temp_name(&ours.nonce);
-            fs::rename(&claim, &temp).map_err(|err| create_error(lock, err))?;
-            ours.temp.0 = Some(temp);
-        } else if is_at(&claim, ours.file_id).unwrap_or(false) {
-            let _ = fs::remove_file(&claim);
+        if is_at(&claim, ours.file_id).unwrap_or(false) {
+            if ours.temp.as_ref().is_none() {
+                let temp = lock.temp_name(&ours.nonce);
+                fs::rename(&claim, &temp).map_err(|err| create_error(lock, err))?;
+                ours.temp.0 = Some(temp);
+            } else {
+                let _ = fs::remove_file(&claim);
+            }
         }
         return Ok(false);
     }
