@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use crate::exit::Exit;
+use crate::report::Verbosity;
 
 /// Run a command while holding a named, crash-safe file lock.
 ///
@@ -105,14 +106,6 @@ pub enum Wait {
     Forever,
     /// At most this long; zero means try once.
     Upto(Duration),
-}
-
-/// How much xlock says of its own on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose,
 }
 
 /// A checked configuration: everything `run` needs, nothing left to validate.

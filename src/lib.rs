@@ -1,41 +1,56 @@
 //! xlock: run a command under a named, crash-safe file lock.
 //!
-//! The flow is [`run`]: parse and validate the command line ([`cli`]), acquire the
-//! lock ([`lock`]), run the command and pass signals through ([`supervise`]),
-//! release, and end with the command's status ([`exit`]). The behaviour contract is
-//! SPEC.md; each module names the sections it implements.
+//! The flow is [`run`]: parse and validate the command line (`cli`), then, for every
+//! kind of lock alike (`lock::Kind`): see whether an ancestor holds it (`nesting`),
+//! acquire it, run the command with the lock's guard and pass signals through
+//! (`supervise`), release, and end with the command's status (`exit`). The behaviour
+//! contract is SPEC.md; each module names the sections it implements, and
+//! docs/design.md opens with the module map.
+//!
+//! Modules are private; the few items that tests use are `#[doc(hidden)]` re-exports.
 
+// Public only for the tests, which use `cli::Cli` (the generated man page and
+// completions), `record::Record` (they plant and read records) and
+// `liveness::proc_stat` (they read /proc/PID/stat); everything else in them is
+// `pub(crate)`.
+#[doc(hidden)]
 pub mod cli;
-pub mod exit;
+mod error;
+mod exit;
+#[doc(hidden)]
 pub mod liveness;
-pub mod lock;
-pub mod nesting;
+mod lock;
+mod nesting;
+#[doc(hidden)]
 pub mod record;
-pub mod signals;
-pub mod status;
-pub mod supervise;
+mod report;
+mod signals;
+mod status;
+mod supervise;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
 use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
 
-use crate::cli::{Config, Parsed};
+use crate::cli::{CommandSpec, Config, Parsed};
 use crate::exit::Exit;
 use crate::liveness::Identity;
-use crate::lock::{Acquired, Deadline, LockPath, Request};
+use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Request};
 use crate::record::Record;
+use crate::report::Reporter;
 use crate::signals::Signals;
-use crate::status::Reporter;
+use crate::supervise::Job;
 
 /// Runs xlock with these arguments (argv[0] first) and says how to exit.
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
     match cli::parse(args) {
         Ok(Parsed::Run(config)) => execute(&config).unwrap_or_else(|err| {
-            status::error(&err);
+            report::error(&err);
             Exit::Failure
         }),
         Ok(Parsed::Status(query)) => status(&query).unwrap_or_else(|err| {
-            status::error(&err);
+            report::error(&err);
             Exit::Failure
         }),
         Ok(Parsed::Print(text)) => {
@@ -43,25 +58,53 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
             Exit::Success
         }
         Err(message) => {
-            status::line(format_args!("{message}"));
+            report::line(format_args!("{message}"));
             Exit::Failure
         }
     }
 }
 
+/// Runs the command under the lock `config` names. The kind of lock is chosen here
+/// (the exclusive file lock, for now); the rest of the flow is the same for every kind.
 fn execute(config: &Config) -> Result<Exit> {
     let signals = Signals::block()?;
-    let deadline = Deadline::after(config.wait);
+    let deadline = Deadline::after(match config.wait {
+        cli::Wait::Forever => None,
+        cli::Wait::Upto(d) => Some(d),
+    });
     let me = Identity::current()?;
-    let lock = LockPath::new(&config.lock)?;
+    let kind = FileLock::new(&config.lock)?;
+    execute_with(&kind, config, deadline, &me, &signals)
+}
+
+/// The flow over the lock seam (`lock::Kind`, `lock::Holding`): nesting, acquire, run
+/// under the held lock's guard, release.
+fn execute_with<K: Kind>(
+    kind: &K,
+    config: &Config,
+    deadline: Deadline,
+    me: &Identity,
+    signals: &Signals,
+) -> Result<Exit> {
     let report = Reporter::new(config.verbosity, &config.lock);
+    let argv: Vec<&OsStr> = match &config.command {
+        CommandSpec::Argv(words) => words.iter().map(OsString::as_os_str).collect(),
+        CommandSpec::Shell(text) => vec![OsStr::new("/bin/sh"), OsStr::new("-c"), text.as_os_str()],
+    };
+    let death = if config.close { Signal::SIGKILL } else { Signal::SIGTERM };
     let inherited = nesting::Inherited::from_env();
-    if inherited != nesting::Inherited::default() {
-        if let Some(holder) = lock::current_record(&lock)?.filter(|r| inherited.holds(&r.nonce)) {
+    if !inherited.is_empty() {
+        if let Some(holder) = kind.nested(&inherited)? {
             // An ancestor holds this very acquisition: run at once, leave the lock to it.
             report.nested(&holder);
-            let env = inherited.child_env(&lock.path, &holder.nonce);
-            return supervise::run(config, None, &env, &signals);
+            let env = inherited.child_env(kind.name(), &holder.nonce);
+            let job = Job {
+                argv,
+                env: &env,
+                death,
+                inherit: None,
+            };
+            return supervise::run(&job, None, signals);
         }
     }
     let record = Record {
@@ -73,19 +116,25 @@ fn execute(config: &Config) -> Result<Exit> {
         host: me.host.clone(),
         nonce: nonce()?,
         since: String::new(),
-        cmd: record::describe(&config.command),
+        cmd: match &config.command {
+            CommandSpec::Argv(words) => record::describe_argv(words),
+            CommandSpec::Shell(text) => record::describe_shell(text),
+        },
     };
     let request = Request {
-        lock: &lock,
         deadline,
-        command_lock: !config.close,
-        me: &me,
-        signals: &signals,
+        inherit: if config.close {
+            Inherit::Nothing
+        } else {
+            Inherit::CommandLock
+        },
+        me,
+        signals,
         report: &report,
         stale_after: config.stale_after,
     };
     let started = std::time::Instant::now();
-    let held = match lock::acquire(&request, record)? {
+    let held = match kind.acquire(&request, record)? {
         Acquired::Held(held) => held,
         Acquired::Busy(holder) => {
             let waited = (config.wait != cli::Wait::Upto(std::time::Duration::ZERO)).then(|| started.elapsed());
@@ -95,12 +144,20 @@ fn execute(config: &Config) -> Result<Exit> {
         Acquired::Interrupted(signal) => return Ok(Exit::Signaled(signal)),
     };
     // A signal that came while acquiring ends xlock before the command starts.
-    let outcome = match pending_fatal_signal(&signals) {
+    let outcome = match pending_fatal_signal(signals) {
         Ok(Some(signal)) => Ok(Exit::Signaled(signal)),
         Ok(None) => {
-            let (path, nonce) = held.identity();
-            let env = inherited.child_env(path, nonce);
-            supervise::run(config, Some(&held), &env, &signals)
+            let (name, nonce) = held.identity();
+            let [path_var, held_var] = inherited.child_env(name, nonce);
+            let mut env = vec![path_var, held_var];
+            env.extend(held.env());
+            let job = Job {
+                argv,
+                env: &env,
+                death,
+                inherit: held.inherit(),
+            };
+            supervise::run(&job, Some(&held), signals)
         }
         Err(err) => Err(err),
     };
@@ -109,11 +166,11 @@ fn execute(config: &Config) -> Result<Exit> {
         report.released();
     }
     match (outcome, released) {
-        (Ok(exit), Ok(())) => Ok(exit),
+        (Ok(exit), Ok(_)) => Ok(exit),
         (Ok(_), Err(err)) => Err(err),
         (Err(err), released) => {
             if let Err(release_err) = released {
-                status::error(&release_err);
+                report::error(&release_err);
             }
             Err(err)
         }
@@ -126,7 +183,7 @@ fn status(query: &cli::StatusQuery) -> Result<Exit> {
     let me = Identity::current()?;
     let mut worst = status::Verdict::Free;
     for lock in &query.locks {
-        let state = LockPath::new(lock).and_then(|path| lock::inspect(&path, &me, query.stale_after));
+        let state = FileLock::new(lock).and_then(|kind| kind.inspect(&me, query.stale_after));
         worst = worst.max(status::print_state(lock, &state, query.json));
     }
     Ok(match worst {
@@ -149,10 +206,14 @@ fn pending_fatal_signal(signals: &Signals) -> Result<Option<i32>> {
 /// 128 random bits as 32 hex digits.
 fn nonce() -> Result<String> {
     let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
-    let n = unsafe { nix::libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        return Err(std::io::Error::last_os_error()).context("cannot read random bytes for the lock nonce");
+    let n = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+        .map_err(std::io::Error::from)
+        .context("cannot read random bytes for the lock nonce")?;
+    if n != bytes.len() {
+        anyhow::bail!(
+            "cannot read random bytes for the lock nonce: got {n} of {}",
+            bytes.len()
+        );
     }
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

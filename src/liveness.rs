@@ -25,7 +25,19 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
+use crate::error::proc_error;
 use crate::record::Record;
+
+/// Whether a lock file's kernel locks speak for its holder (SPEC §4.2–4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// The file system has kernel locks: the holder's process and command locks
+    /// decide, and the evidence table only cross-checks a holder whose locks are free.
+    Kernel,
+    /// It refuses them (ENOLCK, EOPNOTSUPP, ENOSYS), or they were switched off: the
+    /// evidence table runs on the record alone, waiters poll.
+    RecordOnly,
+}
 
 /// What identifies this xlock process in a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,13 +57,13 @@ impl Identity {
         // PID names another process there.
         let (start, _) = read_stat("/proc/self/stat")
             .and_then(|stat| stat.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
-            .map_err(|err| proc_error("/proc/self/stat", err))?;
+            .map_err(|err| proc_error("/proc/self/stat", &err))?;
         let pidns = fs::read_link("/proc/self/ns/pid")
-            .map_err(|err| proc_error("/proc/self/ns/pid", err))?
+            .map_err(|err| proc_error("/proc/self/ns/pid", &err))?
             .to_string_lossy()
             .into_owned();
         let boot = read_proc("/proc/sys/kernel/random/boot_id")
-            .map_err(|err| proc_error("/proc/sys/kernel/random/boot_id", err))?
+            .map_err(|err| proc_error("/proc/sys/kernel/random/boot_id", &err))?
             .trim()
             .to_owned();
         let host = nix::unistd::gethostname()
@@ -66,15 +78,6 @@ impl Identity {
             host,
         })
     }
-}
-
-/// An error reading the evidence xlock needs from /proc, with what to do about it.
-fn proc_error(path: &str, err: io::Error) -> anyhow::Error {
-    let reason = match err.raw_os_error() {
-        Some(nix::libc::ENOENT) => "not found; xlock needs /proc: mount it (mount -t proc proc /proc)".to_owned(),
-        _ => crate::status::io_reason(&err),
-    };
-    anyhow::anyhow!("cannot read {path}: {reason}")
 }
 
 /// Start time (field 22) and state (field 3) of a process, or `None` if there is no
@@ -128,12 +131,8 @@ fn parse_stat(text: &str) -> Option<(u64, char)> {
 /// A descriptor that becomes readable when process `pid` (of our PID namespace) exits:
 /// a pidfd. `None` where the kernel has none (before Linux 5.3) or the process is gone.
 pub fn exit_fd(pid: i32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a non-negative return is a new descriptor that nothing else owns (pidfds
-    // are close-on-exec).
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()
 }
 
 /// What the record's process says about its holder.
@@ -222,8 +221,8 @@ fn whole_seconds(d: Duration) -> String {
 /// What else is known of a holder whose record is `record`.
 pub struct Facts<'a> {
     pub me: &'a Identity,
-    /// Whether the file system has kernel locks, and they were found free.
-    pub kernel_locks: bool,
+    /// [`Locking::Kernel`]: the file system has kernel locks, and they were found free.
+    pub locking: Locking,
     /// The lock file's (device, inode), to find processes that have it open.
     pub file_id: (u64, u64),
     /// How old the lock file's mtime is.
@@ -234,14 +233,15 @@ pub struct Facts<'a> {
 /// The evidence table of SPEC §4.3, for a holder whose kernel locks are free or absent.
 pub fn judge(record: &Record, facts: &Facts<'_>) -> io::Result<Verdict> {
     let me = facts.me;
-    if record.boot == me.boot && (record.pidns == me.pidns || facts.kernel_locks) {
+    let kernel_locks = facts.locking == Locking::Kernel;
+    if record.boot == me.boot && (record.pidns == me.pidns || kernel_locks) {
         if holder_process(record, me)? == Holder::Running {
             return Ok(Verdict::Alive(Alive::Running));
         }
         if record.pidns != me.pidns {
             return Ok(Verdict::Stale(Stale::LocksFree));
         }
-        if !facts.kernel_locks {
+        if !kernel_locks {
             let writers = processes_writing(facts.file_id);
             if !writers.is_empty() {
                 return Ok(Verdict::Alive(Alive::Command(writers)));
@@ -399,9 +399,13 @@ mod tests {
     #[test]
     fn evidence_table() {
         let me = Identity::current().unwrap();
-        let facts = |kernel_locks, age| Facts {
+        let facts = |kernel_locks: bool, age| Facts {
             me: &me,
-            kernel_locks,
+            locking: if kernel_locks {
+                Locking::Kernel
+            } else {
+                Locking::RecordOnly
+            },
             file_id: (0, 0),
             heartbeat_age: Duration::from_secs(age),
             stale_after: Duration::from_secs(30),

@@ -37,6 +37,11 @@ impl Inherited {
         Inherited(lines.map(<[u8]>::to_vec).collect())
     }
 
+    /// Whether no ancestor holds any lock (then no lock needs a look for nesting).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether an ancestor holds the acquisition with this nonce.
     pub fn holds(&self, nonce: &str) -> bool {
         self.0.iter().any(|line| &line[..NONCE_LEN] == nonce.as_bytes())

@@ -5,12 +5,10 @@
 //! writes to, renames over or deletes it. This module says whether bytes are a
 //! record, and if not, why not, in words a user can act on.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use crate::cli::CommandSpec;
 
 /// The largest record xlock writes or accepts.
 pub const MAX_LEN: usize = 4096;
@@ -115,14 +113,16 @@ fn is_nonce(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The command line as the record shows it: argv shell-quoted, or the `-c` string as
-/// given; cut to 512 bytes on a character boundary.
-pub fn describe(command: &CommandSpec) -> String {
-    let full = match command {
-        CommandSpec::Shell(text) => text.to_string_lossy().into_owned(),
-        CommandSpec::Argv(words) => words.iter().map(quote).collect::<Vec<_>>().join(" "),
-    };
-    cut(full, MAX_CMD)
+/// A command line as the record shows it: its words shell-quoted, cut to 512 bytes
+/// on a character boundary.
+pub fn describe_argv(words: &[OsString]) -> String {
+    cut(words.iter().map(quote).collect::<Vec<_>>().join(" "), MAX_CMD)
+}
+
+/// A `-c` string as the record shows it: as given, cut to 512 bytes on a character
+/// boundary.
+pub fn describe_shell(text: &OsStr) -> String {
+    cut(text.to_string_lossy().into_owned(), MAX_CMD)
 }
 
 fn quote(word: &OsString) -> String {
@@ -207,15 +207,12 @@ mod tests {
 
     #[test]
     fn commands_are_quoted_and_cut() {
-        let argv = |words: &[&str]| CommandSpec::Argv(words.iter().map(OsString::from).collect());
-        assert_eq!(describe(&argv(&["make", "deploy"])), "make deploy");
-        assert_eq!(
-            describe(&argv(&["sh", "-c", "echo 'hi' $X"])),
-            r#"sh -c 'echo '\''hi'\'' $X'"#
-        );
-        assert_eq!(describe(&argv(&["printf", ""])), "printf ''");
-        assert_eq!(describe(&CommandSpec::Shell("a && b".into())), "a && b");
-        let long = describe(&argv(&["é".repeat(400).as_str()]));
+        let argv = |words: &[&str]| describe_argv(&words.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(argv(&["make", "deploy"]), "make deploy");
+        assert_eq!(argv(&["sh", "-c", "echo 'hi' $X"]), r#"sh -c 'echo '\''hi'\'' $X'"#);
+        assert_eq!(argv(&["printf", ""]), "printf ''");
+        assert_eq!(describe_shell(OsStr::new("a && b")), "a && b");
+        let long = argv(&["é".repeat(400).as_str()]);
         assert!(long.len() <= MAX_CMD && long.len() >= MAX_CMD - 3, "{}", long.len());
     }
 

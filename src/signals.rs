@@ -73,7 +73,7 @@ impl Signals {
         // SAFETY: installs the default disposition, which runs no code of ours.
         let old = unsafe { sigaction(Signal::SIGCHLD, &default) }.context("cannot reset SIGCHLD")?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-            .map_err(|err| anyhow::anyhow!("cannot open a signalfd: {}", crate::status::io_reason(&err.into())))?;
+            .map_err(|err| anyhow::anyhow!("cannot open a signalfd: {}", crate::error::io_reason(&err.into())))?;
         Ok(Signals {
             fd,
             chld_ignored: matches!(old.handler(), SigHandler::SigIgn),

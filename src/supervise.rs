@@ -5,7 +5,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
@@ -15,33 +15,65 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, getsid, Pid};
 
-use crate::cli::{CommandSpec, Config};
+use crate::error::io_reason;
 use crate::exit::Exit;
-use crate::lock::Held;
+use crate::report;
 use crate::signals::{self, ChildReset, Event, Signals};
-use crate::status;
 
-/// Runs the command while `held` is held (`None`: an ancestor holds it), with `env`
-/// added to its environment, and says how it ended.
-pub fn run(config: &Config, held: Option<&Held>, env: &[(&str, OsString)], signals: &Signals) -> Result<Exit> {
-    let argv: Vec<&OsStr> = match &config.command {
-        CommandSpec::Argv(words) => words.iter().map(OsString::as_os_str).collect(),
-        CommandSpec::Shell(text) => vec![OsStr::new("/bin/sh"), OsStr::new("-c"), text.as_os_str()],
-    };
-    let shown = argv[0].to_string_lossy().into_owned();
-    let death = if config.close { Signal::SIGKILL } else { Signal::SIGTERM };
-    let mut exec = Exec::new(&argv, env, death, held.and_then(Held::command_fd), signals)?;
+/// The lock's side of supervision, checked while the command runs (SPEC §4.4, §10).
+pub trait Guard {
+    /// When `check` wants to run next (`None`: never).
+    fn next_check(&self) -> Option<std::time::Instant>;
+    /// Heartbeat / lease renewal. `Health::Lost`: supervise prints `message`, sends
+    /// SIGTERM to the command's tree, SIGKILL at `kill_by` if given, exits 125.
+    fn check(&self) -> Health;
+}
+
+pub enum Health {
+    Held,
+    Lost {
+        message: String,
+        kill_by: Option<std::time::Instant>,
+    },
+}
+
+/// What to run: everything supervision needs to know of the command.
+pub struct Job<'a> {
+    /// The program and its arguments (`/bin/sh -c STR` for `-c`).
+    pub argv: Vec<&'a OsStr>,
+    /// Variables added to xlock's environment (XLOCK_PATH, XLOCK_HELD, ...).
+    pub env: &'a [(&'a str, OsString)],
+    /// What the command gets if xlock dies (SIGTERM; SIGKILL with `--close`).
+    pub death: Signal,
+    /// The descriptor the command inherits (the command lock), if any.
+    pub inherit: Option<BorrowedFd<'a>>,
+}
+
+/// Runs `job` while `guard` (if any: `None` when an ancestor holds the lock) says the
+/// lock is held, and says how the command ended.
+pub fn run(job: &Job<'_>, guard: Option<&dyn Guard>, signals: &Signals) -> Result<Exit> {
+    let shown = job.argv[0].to_string_lossy().into_owned();
+    let mut exec = Exec::new(
+        &job.argv,
+        job.env,
+        job.death,
+        job.inherit.map(|fd| fd.as_raw_fd()),
+        signals,
+    )?;
     let pid = match exec.spawn() {
         Ok(pid) => pid,
         Err(err) => return Ok(spawn_failure(&shown, &err)),
     };
     let session_leader = getsid(None).is_ok_and(|sid| sid == getpid());
-    let every = config.stale_after / 3;
-    let mut next_beat = Instant::now() + every;
     let mut lost = false;
+    let mut kill_by: Option<Instant> = None;
     loop {
-        let until_beat = held.map(|_| next_beat.saturating_duration_since(Instant::now()));
-        match signals.wait(None, until_beat).context("cannot wait for signals")? {
+        let next = [guard.filter(|_| !lost).and_then(|g| g.next_check()), kill_by]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = next.map(|at| at.saturating_duration_since(Instant::now()));
+        match signals.wait(None, timeout).context("cannot wait for signals")? {
             Event::Signal(info) if signals::number(&info) == libc::SIGCHLD => {
                 // The child is the only process xlock waits for.
                 let ended = match waitpid(pid, Some(WaitPidFlag::WNOHANG)).context("cannot wait for the command")? {
@@ -52,13 +84,18 @@ pub fn run(config: &Config, held: Option<&Held>, env: &[(&str, OsString)], signa
                 return Ok(if lost { Exit::Failure } else { ended });
             }
             Event::Timeout => {
-                next_beat = Instant::now() + every;
-                // An error reading LOCK is not evidence of loss: try again next beat.
-                if let (Some(held), false) = (held, lost) {
-                    if let Ok(false) = held.heartbeat() {
-                        lost = true;
-                        status::line(format_args!("{}", held.lost_message()));
-                        let _ = kill(pid, Signal::SIGTERM);
+                if kill_by.is_some_and(|at| at <= Instant::now()) {
+                    kill_by = None;
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                if let (Some(guard), false) = (guard, lost) {
+                    if guard.next_check().is_some_and(|at| at <= Instant::now()) {
+                        if let Health::Lost { message, kill_by: by } = guard.check() {
+                            lost = true;
+                            kill_by = by;
+                            report::line(format_args!("{message}"));
+                            let _ = kill(pid, Signal::SIGTERM);
+                        }
                     }
                 }
             }
@@ -235,13 +272,13 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
 fn spawn_failure(shown: &str, err: &io::Error) -> Exit {
     let (exit, what) = match err.raw_os_error() {
         Some(libc::ENOENT) => (Exit::NotFound, "command not found; check the name and PATH".to_owned()),
-        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => (Exit::Failure, status::io_reason(err)),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => (Exit::Failure, io_reason(err)),
         Some(libc::EACCES) => (
             Exit::CannotExecute,
             "permission denied; is it executable (chmod +x)?".to_owned(),
         ),
         _ => (Exit::CannotExecute, err.to_string()),
     };
-    status::line(format_args!("cannot run '{shown}': {what}"));
+    report::line(format_args!("cannot run '{shown}': {what}"));
     exit
 }

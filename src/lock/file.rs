@@ -1,0 +1,134 @@
+//! The exclusive file lock (SPEC §4): the kind of lock xlock has today, and its
+//! acquire loop (§4.3).
+//!
+//! A would-be holder prepares a private file carrying its record and both kernel
+//! locks ([`Candidate`]), then `link()`s it to LOCK. A waiter blocks on the holder's
+//! kernel locks ([`wait_out`]), so it wakes the moment the holder releases or dies (no
+//! polling). A dead holder's file is replaced with `rename()` by the one waiter that
+//! holds its locks; without kernel locks, by the one waiter whose claim succeeds
+//! ([`claim_stale`]). Finally the lock is verified in place ([`Held`]).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::candidate::{Candidate, TempFile};
+use super::claim::{claim_stale, sweep};
+use super::held::Held;
+use super::path::LockPath;
+use super::theirs::{open_record, Found};
+use super::wait::{pause, wait_out, Outcome, Paused, POLL_FIRST};
+use super::{inspect, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
+use crate::error::{foreign, read_error};
+use crate::liveness::{Identity, Locking};
+use crate::nesting::Inherited;
+use crate::record::Record;
+
+/// The exclusive lock on the file at LOCK.
+pub struct FileLock {
+    lock: LockPath,
+}
+
+impl FileLock {
+    /// The lock at `given` (made absolute against the current directory).
+    pub fn new(given: &Path) -> Result<FileLock> {
+        Ok(FileLock {
+            lock: LockPath::new(given)?,
+        })
+    }
+}
+
+impl Kind for FileLock {
+    type Held = Held;
+
+    fn name(&self) -> &Path {
+        &self.lock.path
+    }
+
+    fn acquire(&self, req: &Request<'_>, record: Record) -> Result<Acquired<Held>> {
+        acquire(&self.lock, req, record)
+    }
+
+    fn nested(&self, inherited: &Inherited) -> Result<Option<Record>> {
+        Ok(
+            match open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
+                Found::Record(theirs) => Some(theirs.record).filter(|r| inherited.holds(&r.nonce)),
+                Found::Vanished | Found::Foreign(_) => None,
+            },
+        )
+    }
+
+    fn inspect(&self, me: &Identity, stale_after: Duration) -> Result<State> {
+        inspect::inspect(&self.lock, me, stale_after)
+    }
+}
+
+/// Acquires the lock (SPEC §4.3).
+fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acquired<Held>> {
+    let started = Instant::now();
+    let temp = TempFile::from_env();
+    record.since = now();
+    let mut ours = Candidate::create(lock, &record, req.inherit, temp)?;
+    if ours.locking == Locking::RecordOnly {
+        req.report.no_kernel_locks(&lock.dir, NO_KERNEL_LOCKS_ENV);
+    }
+    let mut waited = false;
+    let mut took_over = false;
+    loop {
+        if waited {
+            record.since = now();
+            ours.rewrite(lock, &record)?;
+        }
+        if ours.link(lock)? {
+            break;
+        }
+        let theirs = match open_record(&lock.path).map_err(|err| read_error(lock.shown(), err))? {
+            Found::Record(holder) => holder,
+            Found::Vanished => continue,
+            Found::Foreign(why) => return Err(foreign(lock.shown(), &why)),
+        };
+        if theirs.same_file(&ours.file_id) {
+            break; // an ambiguous link() reply (NFS): it was ours all along
+        }
+        let outcome = wait_out(&theirs, lock, req, ours.locking, &mut waited);
+        req.report.done_waiting();
+        let why = match outcome? {
+            Outcome::Left => continue,
+            Outcome::Stale(why) => why,
+            Outcome::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
+            Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
+        };
+        match ours.locking {
+            // We hold the dead file's locks: no other waiter can be doing the same.
+            Locking::Kernel => ours.take_over(lock)?,
+            Locking::RecordOnly => {
+                if !claim_stale(&mut ours, &theirs, lock, req)? {
+                    // Another waiter claimed it first; see what it made of it after a pause.
+                    if let Paused::Stop(stop) = pause(req, POLL_FIRST, None)? {
+                        return Ok(stop.into_acquired(theirs.record));
+                    }
+                    waited = true;
+                    continue;
+                }
+            }
+        }
+        req.report.took_over(&theirs.record, &why);
+        took_over = true;
+        break;
+    }
+    // Step 5: verify.
+    let locking = ours.locking;
+    let held = ours.into_held(lock, req.stale_after)?;
+    // Orphans come from crashes, which a take-over shows; a named temp file's or a
+    // no-locks claimer's crash may leave no other trace.
+    if took_over || temp == TempFile::Named || locking == Locking::RecordOnly {
+        sweep(lock, req, locking);
+    }
+    req.report.acquired(waited.then(|| started.elapsed()));
+    Ok(Acquired::Held(held))
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

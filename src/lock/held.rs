@@ -1,0 +1,133 @@
+//! The held lock (SPEC §4.4, §4.5): what the command inherits, the heartbeat that
+//! re-verifies the lock and keeps its mtime fresh for other hosts, loss, and release.
+//!
+//! The heartbeat is the file lock's [`Guard`]: supervision calls it every
+//! `--stale-after`/3 while the command runs. A lock found lost (its file removed or
+//! replaced) is said so, and from then on release leaves LOCK alone.
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+
+use super::path::{is_at, FileId, LockPath};
+use super::{Holding, Released};
+use crate::error::{cannot, lost_at_release, lost_while_running};
+use crate::record;
+use crate::supervise::{Guard, Health};
+
+/// A file lock held by this process.
+#[derive(Debug)]
+pub struct Held {
+    pub(super) lock: LockPath,
+    /// Carries the process lock; close-on-exec.
+    pub(super) file: File,
+    /// Carries the command lock; close-on-exec in xlock, inherited by the command.
+    pub(super) command_lock: Option<File>,
+    pub(super) file_id: FileId,
+    pub(super) nonce: String,
+    /// Found removed or replaced by a heartbeat (and already said so).
+    pub(super) lost: Cell<bool>,
+    /// `--stale-after`/3: how often the heartbeat runs.
+    pub(super) beat_every: Duration,
+    /// When the last heartbeat ran (or the lock was acquired).
+    pub(super) last_beat: Cell<Instant>,
+}
+
+impl Held {
+    /// The heartbeat (SPEC §4.4): verifies that LOCK is still ours and bumps its mtime,
+    /// which other hosts read. `Ok(false)`: the lock is lost; from then on, release
+    /// leaves LOCK alone.
+    fn heartbeat(&self) -> io::Result<bool> {
+        if self.lost.get() {
+            return Ok(false);
+        }
+        if !self.is_ours()? {
+            self.lost.set(true);
+            return Ok(false);
+        }
+        self.file.set_modified(SystemTime::now())?;
+        Ok(true)
+    }
+
+    /// Whether LOCK is still this holder's file with its nonce: LOCK is our inode, and
+    /// the record in that inode, read through our own descriptor (no open of the path:
+    /// this runs on the hand-off's path, at release), carries our nonce.
+    pub(super) fn is_ours(&self) -> io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        if !self.at_lock()? {
+            return Ok(false);
+        }
+        let mut bytes = [0u8; record::MAX_LEN + 1];
+        let len = self.file.read_at(&mut bytes, 0)?;
+        Ok(record::carries_nonce(&bytes[..len], &self.nonce))
+    }
+
+    /// Whether LOCK is our inode.
+    pub(super) fn at_lock(&self) -> io::Result<bool> {
+        is_at(&self.lock.path, self.file_id)
+    }
+}
+
+impl Guard for Held {
+    fn next_check(&self) -> Option<Instant> {
+        if self.lost.get() {
+            return None;
+        }
+        self.last_beat.get().checked_add(self.beat_every)
+    }
+
+    fn check(&self) -> Health {
+        self.last_beat.set(Instant::now());
+        // An error reading LOCK is not evidence of loss: try again next beat.
+        match self.heartbeat() {
+            Ok(false) => Health::Lost {
+                message: lost_while_running(self.lock.shown()),
+                kill_by: None,
+            },
+            Ok(true) | Err(_) => Health::Held,
+        }
+    }
+}
+
+impl Holding for Held {
+    fn identity(&self) -> (&Path, &str) {
+        (&self.lock.path, &self.nonce)
+    }
+
+    fn env(&self) -> Option<(&'static str, OsString)> {
+        None
+    }
+
+    fn inherit(&self) -> Option<BorrowedFd<'_>> {
+        self.command_lock.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Releases the lock (SPEC §4.5): verify it is ours, unlink it, then close. A lock
+    /// that is no longer ours is left alone, and that is an error.
+    fn release(self) -> Result<Released> {
+        if self.lost.get() {
+            return Ok(Released::WasLost); // said when it was found lost
+        }
+        let ours = self.is_ours().map_err(|err| {
+            cannot(
+                "verify the lock file",
+                format_args!("{} before releasing it", self.lock.shown()),
+                &err,
+            )
+        })?;
+        if !ours {
+            return Err(lost_at_release(self.lock.shown()));
+        }
+        fs::remove_file(&self.lock.path)
+            .with_context(|| format!("cannot remove the lock file {}", self.lock.shown()))?;
+        drop(self.command_lock);
+        drop(self.file);
+        Ok(Released::Removed)
+    }
+}

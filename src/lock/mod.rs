@@ -1,0 +1,195 @@
+//! The lock (SPEC §4, §9, §10): the one seam through which a kind of lock plugs into
+//! xlock's flow, and the exclusive file lock, the kind there is today.
+//!
+//! `lib.rs` runs the same flow for every kind: [`Kind::nested`] (is an ancestor the
+//! holder?), [`Kind::acquire`], then, while the command runs, the held lock's
+//! [`Guard`] (heartbeat or lease renewal, loss), then [`Holding::release`]; `--status`
+//! is [`Kind::inspect`]. A kind is a type, not a trait object: `lib.rs` is generic
+//! over it, so the uncontended path of the file lock pays no dynamic dispatch.
+//!
+//! What each kind does for each method:
+//!
+//! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, issue 14) | etcd (§10, issue 15) |
+//! |---|---|---|---|
+//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over | a holder record per share or slot, each with its own kernel locks; writer preference and slot choice in the layout | lease (TTL = `--stale-after`), Lock RPC with it; check own key and lease after (etcd 11456) |
+//! | `nested` | the record at LOCK carries an inherited nonce | any holder's record does; an exclusive request under a shared ancestor: error "cannot upgrade" | the key's value (a record) carries an inherited nonce |
+//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign) | every holder, one [`Holder`] each (mode or slot) | the key's holder, waiters in create-revision order |
+//! | `identity` (XLOCK_PATH, XLOCK_HELD) | absolute LOCK + nonce | absolute LOCK + this holder's nonce | the `etcd://…/NAME` URL + nonce |
+//! | `env` | nothing | `XLOCK_SLOT` = slot (slots only) | `XLOCK_TOKEN` = the key's create revision |
+//! | `inherit` | the command lock's descriptor (none with `--close`) | this holder's command lock | none (the lease cannot be inherited) |
+//! | `Guard::next_check` | last beat + `--stale-after`/3 | the same, per holder record | last acknowledged renewal's send time + TTL/3 |
+//! | `Guard::check` | verify inode + nonce, bump mtime; an I/O error is not loss | the same on this holder's record | lease keepalive; `Lost` with `kill_by` ≈ 1 s before lease expiry when a third or less of the TTL remains unacknowledged, at once on TTL 0 |
+//! | `release` | verify inode + nonce, unlink, close ([`Released::Removed`]) | remove this holder's record | unlock, revoke the lease |
+//!
+//! Issue 13 adds [`Released`]'s third outcome: the lock left to the command's tree.
+//!
+//! The files of the exclusive file lock, one concern each:
+//! - [`path`]: LOCK resolved once; the temp and claim names next to it; file identity.
+//! - [`candidate`]: our file before it is at LOCK: create, link, take over, verify (§4.3 steps 1, 2, 4, 5).
+//! - [`theirs`]: opening and validating what is at LOCK, and judging its holder (§4.1, §4.3 step 3).
+//! - [`kernel`]: the process lock (flock) and the command lock (OFD), and blocking on them (§4.2, §4.3 step 3–4).
+//! - [`wait`]: waiting out a holder: kernel locks, then the evidence table, pauses and backoff (§4.3).
+//! - [`claim`]: without kernel locks, the claims that arbitrate a take-over; the sweep of orphans (§4.3).
+//! - [`held`]: the held lock: heartbeat, loss, release (§4.4, §4.5).
+//! - [`inspect`]: `--status`'s look at LOCK (§2).
+//! - [`file`]: the kind itself and its acquire loop (§4.3).
+
+mod candidate;
+mod claim;
+mod file;
+mod held;
+mod inspect;
+mod kernel;
+mod path;
+mod theirs;
+mod wait;
+
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+pub use self::file::FileLock;
+use crate::liveness::{Identity, Stale};
+use crate::nesting::Inherited;
+use crate::record::Record;
+use crate::report::Reporter;
+use crate::signals::Signals;
+use crate::supervise::Guard;
+
+/// Forces named temp files instead of O_TMPFILE (for tests of that path).
+pub const NAMED_TEMP_ENV: &str = "XLOCK_NAMED_TEMP";
+/// Forces the no-locks mode, as on a file system that refuses locks (`=1`).
+pub const NO_KERNEL_LOCKS_ENV: &str = "XLOCK_NO_KERNEL_LOCKS";
+
+fn env_is_1(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v == "1")
+}
+
+/// A kind of lock: how one LOCK is acquired, found held by an ancestor, and inspected.
+pub trait Kind {
+    /// The lock once this process holds it.
+    type Held: Holding;
+
+    /// The lock's absolute path (etcd: its URL), for `XLOCK_PATH`.
+    fn name(&self) -> &Path;
+
+    /// Acquires the lock for `record`'s holder (this xlock), waiting as `req` says.
+    fn acquire(&self, req: &Request<'_>, record: Record) -> Result<Acquired<Self::Held>>;
+
+    /// The record of an ancestor's acquisition (a nonce in `inherited`) that holds the
+    /// lock now, if any: then the command runs at once (SPEC §4.6).
+    fn nested(&self, inherited: &Inherited) -> Result<Option<Record>>;
+
+    /// What `--status` says of the lock, changing nothing.
+    fn inspect(&self, me: &Identity, stale_after: Duration) -> Result<State>;
+}
+
+/// A lock this process holds, while its command runs. Its [`Guard`] is the hold-time
+/// check (heartbeat, lease renewal) that supervision runs.
+pub trait Holding: Guard {
+    /// For `XLOCK_PATH` and `XLOCK_HELD`: the lock's absolute path (or name) and this
+    /// acquisition's nonce.
+    fn identity(&self) -> (&Path, &str);
+
+    /// A variable the command gets besides `XLOCK_PATH`/`XLOCK_HELD`
+    /// (`XLOCK_SLOT`, `XLOCK_TOKEN`); none for the exclusive file lock.
+    fn env(&self) -> Option<(&'static str, OsString)>;
+
+    /// The descriptor the command inherits, if any (the command lock).
+    fn inherit(&self) -> Option<BorrowedFd<'_>>;
+
+    /// Releases the lock (SPEC §4.5). A lock that is no longer ours is never removed.
+    fn release(self) -> Result<Released>;
+}
+
+/// How a release ended (the `Err` side: it could not be, and why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Verified ours and removed.
+    Removed,
+    /// It had been found lost while the command ran (and said so then): nothing of
+    /// ours was left to remove.
+    WasLost,
+}
+
+/// What the command inherits of the lock (`--close`: nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inherit {
+    /// The command lock: the lock stays held while the command's tree has it.
+    CommandLock,
+    /// Nothing: the lock is held exactly while xlock runs.
+    Nothing,
+}
+
+/// When waiting ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// `None`: wait forever; `Some(ZERO)`: try once.
+    pub fn after(wait: Option<Duration>) -> Deadline {
+        Deadline(wait.and_then(|d| Instant::now().checked_add(d)))
+    }
+
+    fn end(self) -> Option<Instant> {
+        self.0
+    }
+
+    fn remaining(self) -> Option<Duration> {
+        self.0.map(|end| end.saturating_duration_since(Instant::now()))
+    }
+
+    fn passed(self) -> bool {
+        self.remaining() == Some(Duration::ZERO)
+    }
+}
+
+/// What [`Kind::acquire`] came to.
+pub enum Acquired<H> {
+    Held(H),
+    /// The deadline passed; the holder's record, if one was read.
+    Busy(Option<Record>),
+    /// A signal ended the wait; nothing was left behind.
+    Interrupted(i32),
+}
+
+/// How to acquire, whatever the kind.
+pub struct Request<'a> {
+    pub deadline: Deadline,
+    pub inherit: Inherit,
+    pub me: &'a Identity,
+    pub signals: &'a Signals,
+    pub report: &'a Reporter,
+    /// Another host's lock is stale once its heartbeat is this old (etcd: the lease TTL).
+    pub stale_after: Duration,
+}
+
+/// What `--status` reports of a lock (SPEC §2, §9).
+#[derive(Debug)]
+pub enum State {
+    Free,
+    /// Its holders: one for the exclusive file lock; every holder for shared locks and
+    /// slots.
+    Holders(Vec<Holder>),
+    /// Not a lock record; why.
+    Foreign(String),
+}
+
+/// One holder of a lock, as `--status` sees it.
+#[derive(Debug)]
+pub struct Holder {
+    pub record: Record,
+    pub state: HolderState,
+}
+
+#[derive(Debug)]
+pub enum HolderState {
+    /// Held: by a live xlock, or, if `orphans` is not empty, by the command tree of an
+    /// xlock that died (these processes, PID and name, still have the file open).
+    Held { orphans: Vec<(i32, String)> },
+    /// The holder is gone; the next acquirer takes the lock over.
+    Stale(Stale),
+}

@@ -1,0 +1,176 @@
+//! LOCK resolved once, the names xlock makes next to it, and file identity (SPEC §4.3).
+//!
+//! Next to LOCK live only xlock's own side files, recognised exactly by their names:
+//! temp files (`.NAME.NONCE.xlock-tmp`, before a file is linked to LOCK, or while it
+//! is renamed over a stale one) and, without kernel locks, claims
+//! (`.NAME.STALE-LEVEL.xlock-claim`) on a stale record. A file is told apart from
+//! another by its (device, inode).
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{AtFlags, AT_FDCWD};
+
+/// Suffix of the temporary names in LOCK's directory.
+const TEMP_SUFFIX: &str = ".xlock-tmp";
+/// Suffix of the claim names of a no-locks take-over.
+pub(super) const CLAIM_SUFFIX: &str = ".xlock-claim";
+
+/// A file's (device, inode).
+pub(super) type FileId = (u64, u64);
+
+/// LOCK, resolved once.
+#[derive(Debug, Clone)]
+pub struct LockPath {
+    /// As the user gave it, for messages.
+    pub given: PathBuf,
+    /// Absolute.
+    pub path: PathBuf,
+    pub(super) dir: PathBuf,
+    name: OsString,
+}
+
+impl LockPath {
+    pub fn new(given: &Path) -> Result<LockPath> {
+        let path = if given.is_absolute() {
+            given.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .context("cannot read the current directory")?
+                .join(given)
+        };
+        let name = path.file_name().expect("checked by cli").to_os_string();
+        let dir = path.parent().expect("checked by cli").to_path_buf();
+        Ok(LockPath {
+            given: given.to_path_buf(),
+            path,
+            dir,
+            name,
+        })
+    }
+
+    pub(super) fn temp_name(&self, nonce: &str) -> PathBuf {
+        let mut name = OsString::from(".");
+        name.push(&self.name);
+        name.push(format!(".{nonce}{TEMP_SUFFIX}"));
+        self.dir.join(name)
+    }
+
+    /// The name of the `level`th claim on the stale record with nonce `stale`.
+    pub(super) fn claim_name(&self, stale: &str, level: u32) -> PathBuf {
+        let mut name = OsString::from(".");
+        name.push(&self.name);
+        name.push(format!(".{stale}-{level}{CLAIM_SUFFIX}"));
+        self.dir.join(name)
+    }
+
+    /// What a directory entry is, if it is one of this lock's temporary or claim names.
+    pub(super) fn side_file<'e>(&self, entry: &'e [u8]) -> Option<SideFile<'e>> {
+        let rest = entry
+            .strip_prefix(b".")?
+            .strip_prefix(self.name.as_bytes())?
+            .strip_prefix(b".")?;
+        let (nonce, side) = if let Some(nonce) = rest.strip_suffix(TEMP_SUFFIX.as_bytes()) {
+            (nonce, SideFile::Temp)
+        } else {
+            let claim = rest.strip_suffix(CLAIM_SUFFIX.as_bytes())?;
+            let (nonce, level) = claim.split_at(claim.iter().position(|&b| b == b'-')?);
+            if level.len() < 2 || !level[1..].iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            (nonce, SideFile::Claim { stale: nonce })
+        };
+        (nonce.len() == 32 && nonce.iter().all(u8::is_ascii_hexdigit)).then_some(side)
+    }
+
+    /// LOCK as the user gave it, for messages.
+    pub(super) fn shown(&self) -> String {
+        self.given.display().to_string()
+    }
+}
+
+/// A file next to LOCK that xlock made.
+pub(super) enum SideFile<'e> {
+    /// A temp file, before it is linked to LOCK.
+    Temp,
+    /// A claim on the stale record with this nonce.
+    Claim { stale: &'e [u8] },
+}
+
+/// Whether `path` (not followed if a link) names the file `id`; a missing path does not.
+pub(super) fn is_at(path: &Path, id: FileId) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Ok(id_of(&meta) == id),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Links the (possibly unnamed) file behind `file` at `dest`.
+pub(super) fn link_fd(file: &File, dest: &Path) -> io::Result<()> {
+    nix::unistd::linkat(AT_FDCWD, &fd_path(file), AT_FDCWD, dest, AtFlags::AT_SYMLINK_FOLLOW).map_err(io::Error::from)
+}
+
+pub(super) fn id_of(meta: &fs::Metadata) -> FileId {
+    (meta.dev(), meta.ino())
+}
+
+/// A path that opens the file behind `file` anew (a new open file description).
+pub(super) fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_and_claim_names_are_recognised_exactly() {
+        let lock = LockPath::new(Path::new("/tmp/db.lock")).unwrap();
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let temp = lock.temp_name(nonce);
+        assert_eq!(
+            temp,
+            Path::new("/tmp/.db.lock.0123456789abcdef0123456789abcdef.xlock-tmp")
+        );
+        let is_side_file = |name: &[u8]| lock.side_file(name).is_some();
+        assert!(matches!(
+            lock.side_file(temp.file_name().unwrap().as_bytes()),
+            Some(SideFile::Temp)
+        ));
+        assert!(!is_side_file(b".db.lock.0123.xlock-tmp"));
+        assert!(!is_side_file(b".other.lock.0123456789abcdef0123456789abcdef.xlock-tmp"));
+        assert!(!is_side_file(b"db.lock"));
+        assert!(!is_side_file(
+            b".db.lock.0123456789abcdef0123456789abcdef.xlock-tmp.bak"
+        ));
+        let claim = lock.claim_name(nonce, 12);
+        assert_eq!(
+            claim,
+            Path::new("/tmp/.db.lock.0123456789abcdef0123456789abcdef-12.xlock-claim")
+        );
+        match lock.side_file(claim.file_name().unwrap().as_bytes()) {
+            Some(SideFile::Claim { stale }) => assert_eq!(stale, nonce.as_bytes()),
+            _ => panic!("a claim name is not recognised"),
+        }
+        assert!(!is_side_file(b".db.lock.0123456789abcdef0123456789abcdef-.xlock-claim"));
+        assert!(!is_side_file(
+            b".db.lock.0123456789abcdef0123456789abcdef-1x.xlock-claim"
+        ));
+        assert!(!is_side_file(b".db.lock.0123456789abcdef0123456789abcdef.xlock-claim"));
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute() {
+        let lock = LockPath::new(Path::new("x.lock")).unwrap();
+        assert!(lock.path.is_absolute());
+        assert_eq!(lock.path, std::env::current_dir().unwrap().join("x.lock"));
+        assert_eq!(lock.shown(), "x.lock");
+    }
+}

@@ -1,0 +1,131 @@
+//! Their file: what is at LOCK (or at a side name), opened and validated without
+//! trusting it, and the evidence table's judgement of its holder (SPEC §4.1, §4.3
+//! step 3, §6).
+//!
+//! Opening never follows a symbolic link, blocks on a FIFO or touches a device; a file
+//! that is not a valid record is *foreign* and left untouched.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+use nix::libc;
+
+use super::path::{id_of, is_at, FileId, LockPath};
+use super::Request;
+use crate::error::cannot;
+use crate::liveness::{self, Facts, Identity, Locking, Verdict};
+use crate::record::{self, NotARecord, Record};
+
+/// What is at LOCK.
+pub(super) enum Found {
+    Record(TheirFile),
+    Vanished,
+    Foreign(String),
+}
+
+/// Another holder's lock file, open for reading.
+pub(super) struct TheirFile {
+    pub(super) file: File,
+    pub(super) file_id: FileId,
+    pub(super) record: Record,
+}
+
+impl TheirFile {
+    pub(super) fn same_file(&self, id: &FileId) -> bool {
+        self.file_id == *id
+    }
+
+    /// Whether this file is still the one at LOCK.
+    pub(super) fn at(&self, lock: &Path) -> io::Result<bool> {
+        is_at(lock, self.file_id)
+    }
+
+    /// The evidence table on this holder of `lock`, whose kernel locks are free (or
+    /// absent: [`Locking::RecordOnly`]).
+    pub(super) fn judge(&self, lock: &LockPath, req: &Request<'_>, locking: Locking) -> Result<Verdict> {
+        self.verdict(req.me, locking, req.stale_after).map_err(|err| {
+            cannot(
+                "check the holder of",
+                format_args!("{} (pid {})", lock.shown(), self.record.pid),
+                &err,
+            )
+        })
+    }
+
+    pub(super) fn verdict(&self, me: &Identity, locking: Locking, stale_after: Duration) -> io::Result<Verdict> {
+        let modified = self.file.metadata()?.modified()?;
+        let facts = Facts {
+            me,
+            locking,
+            file_id: self.file_id,
+            heartbeat_age: SystemTime::now().duration_since(modified).unwrap_or_default(),
+            stale_after,
+        };
+        liveness::judge(&self.record, &facts)
+    }
+}
+
+/// Opens and reads what is at `path` without following links, blocking on FIFOs or
+/// touching devices.
+pub(super) fn open_record(path: &Path) -> io::Result<Found> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Found::Vanished),
+        Err(err) => return Err(err),
+    };
+    if let Some(kind) = not_a_file(&meta) {
+        return Ok(Found::Foreign(format!("it is {kind}")));
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Found::Vanished),
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Found::Foreign("it is a symbolic link".into()))
+        }
+        Err(err) => return Err(err),
+    };
+    let meta = file.metadata()?;
+    if let Some(kind) = not_a_file(&meta) {
+        return Ok(Found::Foreign(format!("it is {kind}")));
+    }
+    if meta.len() > record::MAX_LEN as u64 {
+        return Ok(Found::Foreign(NotARecord::TooBig(meta.len()).to_string()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    (&file).take(record::MAX_LEN as u64 + 1).read_to_end(&mut bytes)?;
+    match Record::parse(&bytes) {
+        Ok(record) => Ok(Found::Record(TheirFile {
+            file,
+            file_id: id_of(&meta),
+            record,
+        })),
+        Err(why) => Ok(Found::Foreign(why.to_string())),
+    }
+}
+
+fn not_a_file(meta: &fs::Metadata) -> Option<&'static str> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_symlink() {
+        Some("a symbolic link")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
+}
