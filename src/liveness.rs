@@ -30,7 +30,7 @@ use crate::record::Record;
 
 /// Whether a lock file's kernel locks speak for its holder (SPEC §4.2–4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Locking {
+pub(crate) enum Locking {
     /// The file system has kernel locks: the holder's process and command locks
     /// decide, and the evidence table only cross-checks a holder whose locks are free.
     Kernel,
@@ -41,7 +41,7 @@ pub enum Locking {
 
 /// What identifies this xlock process in a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub pid: i32,
     pub start: u64,
     pub pidns: String,
@@ -51,7 +51,7 @@ pub struct Identity {
 
 impl Identity {
     /// Reads this process's identity from /proc and the kernel.
-    pub fn current() -> Result<Identity> {
+    pub(crate) fn current() -> Result<Identity> {
         let pid = std::process::id() as i32;
         // /proc/self, not /proc/PID: in a PID namespace whose /proc is the parent's,
         // PID names another process there.
@@ -130,7 +130,7 @@ fn parse_stat(text: &str) -> Option<(u64, char)> {
 
 /// A descriptor that becomes readable when process `pid` (of our PID namespace) exits:
 /// a pidfd. `None` where the kernel has none (before Linux 5.3) or the process is gone.
-pub fn exit_fd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn exit_fd(pid: i32) -> Option<std::os::fd::OwnedFd> {
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
     pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()
 }
@@ -159,7 +159,7 @@ fn holder_process(record: &Record, me: &Identity) -> io::Result<Holder> {
 
 /// Why a holder counts as alive although its kernel locks are free (or absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Alive {
+pub(crate) enum Alive {
     /// Its xlock process runs.
     Running,
     /// Its xlock is gone, but these processes (PID, name) still have the lock file
@@ -171,7 +171,7 @@ pub enum Alive {
 
 /// Why a holder's lock is stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stale {
+pub(crate) enum Stale {
     /// Its xlock process has ended (or its PID is another process's now).
     Died,
     /// Another PID namespace on this kernel, whose kernel locks are free.
@@ -184,14 +184,14 @@ pub enum Stale {
 
 /// The evidence table's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Alive(Alive),
     Stale(Stale),
 }
 
 impl Stale {
     /// For "took over stale LOCK {from}": `from dead pid 42`.
-    pub fn from_holder(&self, record: &Record) -> String {
+    pub(crate) fn taken_from(&self, record: &Record) -> String {
         let pid = record.pid;
         match self {
             Stale::Died => format!("from dead pid {pid}"),
@@ -219,7 +219,7 @@ fn whole_seconds(d: Duration) -> String {
 }
 
 /// What else is known of a holder whose record is `record`.
-pub struct Facts<'a> {
+pub(crate) struct Facts<'a> {
     pub me: &'a Identity,
     /// [`Locking::Kernel`]: the file system has kernel locks, and they were found free.
     pub locking: Locking,
@@ -231,7 +231,7 @@ pub struct Facts<'a> {
 }
 
 /// The evidence table of SPEC §4.3, for a holder whose kernel locks are free or absent.
-pub fn judge(record: &Record, facts: &Facts<'_>) -> io::Result<Verdict> {
+pub(crate) fn judge(record: &Record, facts: &Facts<'_>) -> io::Result<Verdict> {
     let me = facts.me;
     let kernel_locks = facts.locking == Locking::Kernel;
     if record.boot == me.boot && (record.pidns == me.pidns || kernel_locks) {
@@ -282,7 +282,7 @@ fn boot_time() -> Option<SystemTime> {
 /// and its command's tree have it (waiters only read it). OFD locks carry no PID, so
 /// /proc/*/fd is the way to tell who keeps a lock file. Other users' processes are
 /// visible only to root.
-pub fn processes_writing(id: (u64, u64)) -> Vec<(i32, String)> {
+pub(crate) fn processes_writing(id: (u64, u64)) -> Vec<(i32, String)> {
     use std::os::unix::fs::MetadataExt;
     let me = std::process::id() as i32;
     let mut found = Vec::new();

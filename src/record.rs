@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The largest record xlock writes or accepts.
-pub const MAX_LEN: usize = 4096;
+pub(crate) const MAX_LEN: usize = 4096;
 /// Every record starts with these bytes.
 const MAGIC: &[u8] = br#"{"xlock":"#;
 /// The protocol version written into `"xlock"`.
@@ -69,7 +69,7 @@ impl fmt::Display for NotARecord {
 /// Whether `bytes`, a record xlock wrote, carries `nonce`: the record's nonce field,
 /// found without parsing (this runs at every verification, on the hand-off's path).
 /// A nonce is 32 hex digits, so its quoted field cannot occur anywhere else.
-pub fn carries_nonce(bytes: &[u8], nonce: &str) -> bool {
+pub(crate) fn carries_nonce(bytes: &[u8], nonce: &str) -> bool {
     let field = format!("\"nonce\":\"{nonce}\"");
     bytes.starts_with(MAGIC) && bytes.windows(field.len()).any(|window| window == field.as_bytes())
 }
@@ -104,7 +104,7 @@ impl Record {
         Ok(record)
     }
 
-    pub fn version() -> u32 {
+    pub(crate) fn version() -> u32 {
         VERSION
     }
 }
@@ -115,13 +115,13 @@ fn is_nonce(text: &str) -> bool {
 
 /// A command line as the record shows it: its words shell-quoted, cut to 512 bytes
 /// on a character boundary.
-pub fn describe_argv(words: &[OsString]) -> String {
+pub(crate) fn describe_argv(words: &[OsString]) -> String {
     cut(words.iter().map(quote).collect::<Vec<_>>().join(" "), MAX_CMD)
 }
 
 /// A `-c` string as the record shows it: as given, cut to 512 bytes on a character
 /// boundary.
-pub fn describe_shell(text: &OsStr) -> String {
+pub(crate) fn describe_shell(text: &OsStr) -> String {
     cut(text.to_string_lossy().into_owned(), MAX_CMD)
 }
 

@@ -106,7 +106,7 @@ impl Reporter {
         self.verbose(format_args!(
             "took over stale {} {} (host {}, since {}): {}",
             self.lock,
-            why.from_holder(dead),
+            why.taken_from(dead),
             dead.host,
             dead.since,
             dead.cmd

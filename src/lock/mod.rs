@@ -11,6 +11,7 @@
 //!
 //! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, issue 14) | etcd (§10, issue 15) |
 //! |---|---|---|---|
+//! | `name` (XLOCK_PATH) | absolute LOCK | absolute LOCK | the `etcd://…/NAME` URL |
 //! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over | a holder record per share or slot, each with its own kernel locks; writer preference and slot choice in the layout | lease (TTL = `--stale-after`), Lock RPC with it; check own key and lease after (etcd 11456) |
 //! | `nested` | the record at LOCK carries an inherited nonce | any holder's record does; an exclusive request under a shared ancestor: error "cannot upgrade" | the key's value (a record) carries an inherited nonce |
 //! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign) | every holder, one [`Holder`] each (mode or slot) | the key's holder, waiters in create-revision order |
