@@ -131,3 +131,71 @@ impl Holding for Held {
         Ok(Released::Removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::liveness::Identity;
+    use crate::lock::candidate::{Candidate, TempFile};
+    use crate::lock::Inherit;
+    use crate::record::Record;
+
+    /// A lock on `dir/name.lock`, held by this process.
+    fn hold(dir: &Path, stale_after: Duration) -> Held {
+        let lock = LockPath::new(&dir.join("name.lock")).unwrap();
+        let me = Identity::current().unwrap();
+        let record = Record {
+            xlock: Record::version(),
+            pid: me.pid,
+            start: me.start,
+            pidns: me.pidns,
+            boot: me.boot,
+            host: me.host,
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+            since: String::new(),
+            cmd: "test".into(),
+        };
+        let mut ours = Candidate::create(&lock, &record, Inherit::CommandLock, TempFile::Unnamed).unwrap();
+        assert!(ours.link(&lock).unwrap(), "LOCK was free");
+        ours.into_held(&lock, stale_after).unwrap()
+    }
+
+    #[test]
+    fn the_guard_beats_every_third_of_stale_after_and_bumps_the_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = hold(dir.path(), Duration::from_secs(30));
+        let first = held.next_check().expect("a held lock wants checks");
+        assert_eq!(first - held.last_beat.get(), Duration::from_secs(10));
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        held.file.set_modified(old).unwrap();
+        assert!(matches!(held.check(), Health::Held));
+        let mtime = fs::metadata(dir.path().join("name.lock")).unwrap().modified().unwrap();
+        assert!(
+            mtime > old + Duration::from_secs(3000),
+            "the heartbeat did not bump the mtime"
+        );
+        assert!(held.next_check().unwrap() > first, "the next check did not move on");
+        assert!(held.inherit().is_some(), "the command lock is not inherited");
+        assert_eq!(held.release().unwrap(), Released::Removed);
+        assert!(!dir.path().join("name.lock").exists(), "release left LOCK behind");
+    }
+
+    #[test]
+    fn a_replaced_lock_is_lost_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("name.lock");
+        let held = hold(dir.path(), Duration::from_secs(30));
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, "someone else's\n").unwrap();
+        match held.check() {
+            Health::Lost { message, kill_by } => {
+                assert!(message.contains("name.lock"), "{message}");
+                assert_eq!(kill_by, None);
+            }
+            Health::Held => panic!("a replaced lock counts as held"),
+        }
+        assert_eq!(held.next_check(), None, "a lost lock is checked again");
+        assert_eq!(held.release().unwrap(), Released::WasLost);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "someone else's\n");
+    }
+}
