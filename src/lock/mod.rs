@@ -194,3 +194,21 @@ pub enum HolderState {
     /// The holder is gone; the next acquirer takes the lock over.
     Stale(Stale),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_too_far_away_mean_forever() {
+        assert_eq!(Deadline::after(None).end(), None);
+        assert_eq!(Deadline::after(Some(Duration::MAX)).end(), None);
+        assert_eq!(
+            Deadline::after(Some(Duration::from_secs(10_000_000_000_000_000_000))).end(),
+            None
+        );
+        assert!(Deadline::after(Some(Duration::ZERO)).passed());
+        let soon = Deadline::after(Some(Duration::from_secs(60)));
+        assert!(!soon.passed() && soon.remaining().unwrap() <= Duration::from_secs(60));
+    }
+}
