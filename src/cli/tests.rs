@@ -294,6 +294,8 @@ fn bad_input_is_a_one_line_error_naming_the_value() {
         (&["-E", "300", "L", "true"][..], "300"),
         (&["-E", "x", "L", "true"][..], "'x'"),
         (&["L"][..], "no command"),
+        (&["L", "--"][..], "no command"),
+        (&["-w", "5", "L"][..], "no command"),
         (&[][..], "no LOCK"),
         (&["-n"][..], "no LOCK"),
         (&["--"][..], "no LOCK"),
