@@ -63,15 +63,15 @@ mod tests {
         let words: [&CStr; 4] = [c"xlock", c"-w", c"5", c"caf\xc3\xa9 \xff"];
         let mut argv: Vec<*const c_char> = words.iter().map(|w| w.as_ptr()).collect();
         argv.push(std::ptr::null());
-        // SAFETY: argv holds 4 valid C strings (and the terminating null, as C's does).
-        let args = unsafe { args_from(4, argv.as_ptr()) };
+        // SAFETY: argv holds 4 valid C strings (and the terminating null, as C's
+        // does); argc 0 reads nothing.
+        let (args, none) = unsafe { (args_from(4, argv.as_ptr()), args_from(0, std::ptr::null())) };
         let expected: Vec<OsString> = words
             .iter()
             .map(|w| OsStr::from_bytes(w.to_bytes()).to_owned())
             .collect();
         assert_eq!(args, expected);
-        // SAFETY: argc 0 reads nothing.
-        assert!(unsafe { args_from(0, std::ptr::null()) }.is_empty());
+        assert!(none.is_empty());
     }
 
     #[test]
