@@ -23,7 +23,7 @@ _xlock() {
 
     case "${cmd}" in
         xlock)
-            opts="-w -n -E -c -v -q -h -V --timeout --nonblock --conflict-exit-code --command --verbose --quiet --close --stale-after --status --json --help --version"
+            opts="-w -n -E -c -v -q -o -e -x -h -V --timeout --nonblock --conflict-exit-code --command --verbose --quiet --close --exclusive --stale-after --status --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,0 +1,3 @@
+//! The integration tests: one binary, a module per area. They drive the real `xlock`.
+
+mod cli;
