@@ -12,20 +12,26 @@ pub mod lock;
 pub mod nesting;
 pub mod record;
 pub mod signals;
+mod spawn;
 pub mod status;
 pub mod supervise;
 
-use std::ffi::OsString;
+use std::cell::Cell;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
 
-use crate::cli::{Config, Parsed};
+use crate::cli::{CommandSpec, Config, Parsed};
 use crate::exit::Exit;
 use crate::liveness::Identity;
-use crate::lock::{Acquired, Deadline, LockPath, Request};
+use crate::lock::{Acquired, Deadline, Held, LockPath, Request};
 use crate::record::Record;
 use crate::signals::Signals;
 use crate::status::Reporter;
+use crate::supervise::{Guard, Health, Job};
 
 /// Runs xlock with these arguments (argv[0] first) and says how to exit.
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
@@ -61,7 +67,7 @@ fn execute(config: &Config) -> Result<Exit> {
             // An ancestor holds this very acquisition: run at once, leave the lock to it.
             report.nested(&holder);
             let env = inherited.child_env(&lock.path, &holder.nonce);
-            return supervise::run(config, None, &env, &signals);
+            return supervise::run(&job(config, &env, None), None, &signals);
         }
     }
     let record = Record {
@@ -100,7 +106,8 @@ fn execute(config: &Config) -> Result<Exit> {
         Ok(None) => {
             let (path, nonce) = held.identity();
             let env = inherited.child_env(path, nonce);
-            supervise::run(config, Some(&held), &env, &signals)
+            let heartbeat = Heartbeat::new(&held, config.stale_after / 3);
+            supervise::run(&job(config, &env, held.command_fd()), Some(&heartbeat), &signals)
         }
         Err(err) => Err(err),
     };
@@ -134,6 +141,54 @@ fn status(query: &cli::StatusQuery) -> Result<Exit> {
         status::Verdict::Held => Exit::Busy(query.busy_exit),
         status::Verdict::Error => Exit::Failure,
     })
+}
+
+/// What supervise needs of the command line.
+fn job<'a>(config: &'a Config, env: &'a [(&'a str, OsString)], inherit: Option<BorrowedFd<'a>>) -> Job<'a> {
+    Job {
+        argv: match &config.command {
+            CommandSpec::Argv(words) => words.iter().map(OsString::as_os_str).collect(),
+            CommandSpec::Shell(text) => vec![OsStr::new("/bin/sh"), OsStr::new("-c"), text.as_os_str()],
+        },
+        env,
+        death: if config.close { Signal::SIGKILL } else { Signal::SIGTERM },
+        inherit,
+    }
+}
+
+/// The exclusive file lock's side of supervision: a heartbeat every `every`.
+struct Heartbeat<'a> {
+    held: &'a Held,
+    every: Duration,
+    last: Cell<Instant>,
+}
+
+impl<'a> Heartbeat<'a> {
+    fn new(held: &'a Held, every: Duration) -> Heartbeat<'a> {
+        Heartbeat {
+            held,
+            every,
+            last: Cell::new(Instant::now()),
+        }
+    }
+}
+
+impl Guard for Heartbeat<'_> {
+    fn next_check(&self) -> Option<Instant> {
+        Some(self.last.get() + self.every)
+    }
+
+    fn check(&self) -> Health {
+        self.last.set(Instant::now());
+        match self.held.heartbeat() {
+            Ok(false) => Health::Lost {
+                message: self.held.lost_message(),
+                kill_by: None,
+            },
+            // An error reading LOCK is not evidence of loss: try again next beat.
+            Ok(true) | Err(_) => Health::Held,
+        }
+    }
 }
 
 fn pending_fatal_signal(signals: &Signals) -> Result<Option<i32>> {

@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -456,8 +456,8 @@ impl Held {
     }
 
     /// The descriptor the command must inherit, if any.
-    pub fn command_fd(&self) -> Option<RawFd> {
-        self.command_lock.as_ref().map(AsRawFd::as_raw_fd)
+    pub fn command_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.command_lock.as_ref().map(AsFd::as_fd)
     }
 
     /// Whether LOCK is still this holder's file with its nonce: LOCK is our inode, and
