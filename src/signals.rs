@@ -43,6 +43,8 @@ pub struct Signals {
     /// SIGPIPE was ignored when xlock started; std resets it to default in children,
     /// so the child gets it back ignored.
     pipe_ignored: bool,
+    /// The forwarded signals that were SIG_IGN when xlock started: left alone.
+    ignored_at_start: SigSet,
 }
 
 /// What ended a wait.
@@ -60,9 +62,17 @@ impl Signals {
     /// Blocks the handled signals in this thread (threads started later inherit the
     /// mask) and opens the signalfd that reads them. Call before any other thread.
     pub fn block() -> Result<Signals> {
+        // A signal ignored when xlock started stays ignored (SPEC §5): not blocked, so
+        // the kernel discards it on arrival; it never ends a wait, is never passed
+        // on (the command inherits SIG_IGN), and never kills xlock.
         let mut set = SigSet::empty();
+        let mut ignored_at_start = SigSet::empty();
         for signal in FORWARDED {
-            set.add(signal);
+            if ignored(signal as i32) {
+                ignored_at_start.add(signal);
+            } else {
+                set.add(signal);
+            }
         }
         set.add(Signal::SIGCHLD);
         // SIGPIPE is blocked too, not read: a write to a closed stderr fails with
@@ -77,6 +87,7 @@ impl Signals {
             fd,
             chld_ignored: old.sa_sigaction == libc::SIG_IGN,
             pipe_ignored: ignored(libc::SIGPIPE),
+            ignored_at_start,
         })
     }
 
@@ -323,8 +334,8 @@ impl Signals {
             next_tick: std::cell::Cell::new(tick.map(|t| Instant::now() + t)),
         };
         for signal in FORWARDED.iter().filter(|&&s| ends_wait(s as i32)) {
-            // An ignored signal stays ignored (and blocked).
-            if ignored(*signal as i32) {
+            // An ignored signal stays ignored.
+            if self.ignored_at_start.contains(*signal) {
                 continue;
             }
             let old = sigaction(*signal as i32, Some(Disposition::Handler(on_ending)))?;
