@@ -25,6 +25,7 @@ mod nesting;
 pub mod record;
 mod report;
 mod signals;
+mod spawn;
 mod status;
 mod supervise;
 
@@ -92,6 +93,8 @@ fn execute_with<K: Kind>(
         CommandSpec::Shell(text) => vec![OsStr::new("/bin/sh"), OsStr::new("-c"), text.as_os_str()],
     };
     let death = if config.close { Signal::SIGKILL } else { Signal::SIGTERM };
+    // `xlock L -n cmd`: a flock habit that ends up as a command named `-n`.
+    let not_found_hint = cli::misplaced_option_hint(argv[0]);
     let inherited = nesting::Inherited::from_env();
     if !inherited.is_empty() {
         if let Some(holder) = kind.nested(&inherited)? {
@@ -103,6 +106,7 @@ fn execute_with<K: Kind>(
                 env: &env,
                 death,
                 inherit: None,
+                not_found_hint,
             };
             return supervise::run(&job, None, signals);
         }
@@ -156,6 +160,7 @@ fn execute_with<K: Kind>(
                 env: &env,
                 death,
                 inherit: held.inherit(),
+                not_found_hint,
             };
             supervise::run(&job, Some(&held), signals)
         }

@@ -7,6 +7,7 @@
 //! got them, SIG_IGN included). The child gets an empty signal mask back.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{pthread_sigmask, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{pthread_sigmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{siginfo, SfdFlags, SignalFd};
 
 /// Signals passed on to the command (SPEC §5).
@@ -42,6 +43,8 @@ pub struct Signals {
     /// SIGPIPE was ignored when xlock started; std resets it to default in children,
     /// so the child gets it back ignored.
     pipe_ignored: bool,
+    /// The forwarded signals that were SIG_IGN when xlock started: left alone.
+    ignored_at_start: SigSet,
 }
 
 /// What ended a wait.
@@ -59,9 +62,17 @@ impl Signals {
     /// Blocks the handled signals in this thread (threads started later inherit the
     /// mask) and opens the signalfd that reads them. Call before any other thread.
     pub fn block() -> Result<Signals> {
+        // A signal ignored when xlock started stays ignored (SPEC §5): not blocked, so
+        // the kernel discards it on arrival; it never ends a wait, is never passed
+        // on (the command inherits SIG_IGN), and never kills xlock.
         let mut set = SigSet::empty();
+        let mut ignored_at_start = SigSet::empty();
         for signal in FORWARDED {
-            set.add(signal);
+            if ignored(signal as i32) {
+                ignored_at_start.add(signal);
+            } else {
+                set.add(signal);
+            }
         }
         set.add(Signal::SIGCHLD);
         // SIGPIPE is blocked too, not read: a write to a closed stderr fails with
@@ -69,15 +80,14 @@ impl Signals {
         let mut blocked = set;
         blocked.add(Signal::SIGPIPE);
         pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None).context("cannot block signals")?;
-        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-        // SAFETY: installs the default disposition, which runs no code of ours.
-        let old = unsafe { sigaction(Signal::SIGCHLD, &default) }.context("cannot reset SIGCHLD")?;
+        let old = sigaction(libc::SIGCHLD, Some(Disposition::Default)).context("cannot reset SIGCHLD")?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|err| anyhow::anyhow!("cannot open a signalfd: {}", crate::error::io_reason(&err.into())))?;
         Ok(Signals {
             fd,
-            chld_ignored: matches!(old.handler(), SigHandler::SigIgn),
+            chld_ignored: old.sa_sigaction == libc::SIG_IGN,
             pipe_ignored: ignored(libc::SIGPIPE),
+            ignored_at_start,
         })
     }
 
@@ -130,11 +140,40 @@ impl Signals {
 
 /// Whether `signal`'s disposition is SIG_IGN (asked, not changed).
 fn ignored(signal: i32) -> bool {
-    // SAFETY: a zeroed sigaction is a valid out-parameter; with a null new action,
-    // sigaction only reads the current disposition into it.
+    sigaction(signal, None).is_ok_and(|old| old.sa_sigaction == libc::SIG_IGN)
+}
+
+/// A disposition that this module installs.
+enum Disposition {
+    Default,
+    Ignore,
+    /// One of this module's handlers ([`on_wake`], [`on_ending`]), without SA_RESTART.
+    Handler(extern "C" fn(libc::c_int)),
+    /// One that [`sigaction`] returned before.
+    Restore(libc::sigaction),
+}
+
+/// sigaction(2): installs `new` (if any) for `signal`; returns the disposition before.
+/// Async-signal-safe (the child calls it between clone and exec).
+fn sigaction(signal: i32, new: Option<Disposition>) -> io::Result<libc::sigaction> {
+    let plain = |handler| libc::sigaction::from(SigAction::new(handler, SaFlags::empty(), SigSet::empty()));
+    let new = new.map(|new| match new {
+        Disposition::Default => plain(SigHandler::SigDfl),
+        Disposition::Ignore => plain(SigHandler::SigIgn),
+        Disposition::Handler(handler) => plain(SigHandler::Handler(handler)),
+        Disposition::Restore(old) => old,
+    });
+    let new = new.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+    let mut old = MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: `new` is null (only read the disposition) or a valid sigaction: SIG_DFL,
+    // SIG_IGN, one of this module's handlers, which are async-signal-safe (an atomic
+    // store, timer_settime, or nothing), or a disposition the kernel gave back
+    // before. `old` is written by a successful call, and read only then.
     unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+        if libc::sigaction(signal, new, old.as_mut_ptr()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(old.assume_init())
     }
 }
 
@@ -149,14 +188,9 @@ pub struct ChildReset {
 impl ChildReset {
     /// Async-signal-safe: only sigaction and sigprocmask.
     pub fn apply(self) -> io::Result<()> {
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        for (signal, was_ignored) in [
-            (Signal::SIGCHLD, self.chld_ignored),
-            (Signal::SIGPIPE, self.pipe_ignored),
-        ] {
+        for (signal, was_ignored) in [(libc::SIGCHLD, self.chld_ignored), (libc::SIGPIPE, self.pipe_ignored)] {
             if was_ignored {
-                // SAFETY: SIG_IGN runs no code; sigaction is async-signal-safe.
-                unsafe { sigaction(signal, &ignore) }?;
+                sigaction(signal, Some(Disposition::Ignore))?;
             }
         }
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
@@ -164,7 +198,6 @@ impl ChildReset {
     }
 }
 
-/// The signal number of a signalfd read, 0 for none.
 /// Why the [`Interrupter`] stopped a blocking call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -189,15 +222,19 @@ pub enum Wake {
 /// no polling. Dispositions are restored when the wait is over, before the command
 /// is started.
 pub struct Interrupter {
-    timer: libc::timer_t,
-    /// The dispositions to restore: the wake signal's, and those of the signals
-    /// unblocked during the call.
-    saved: Vec<(i32, libc::sigaction)>,
+    /// Dropped first: once it is deleted, no wake signal comes.
+    timer: WakeTimer,
+    /// The dispositions to restore (on drop): the wake signal's, and those of the
+    /// signals unblocked during the call.
+    saved: Saved,
     unblocked: SigSet,
     deadline: Option<Instant>,
     tick: Option<Duration>,
     next_tick: std::cell::Cell<Option<Instant>>,
 }
+
+/// Dispositions to put back when dropped.
+struct Saved(Vec<(i32, libc::sigaction)>);
 
 /// The signal the handler caught (0: none). One wait at a time, in the main thread.
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
@@ -213,38 +250,68 @@ extern "C" fn on_wake(_: libc::c_int) {}
 
 extern "C" fn on_ending(signal: libc::c_int) {
     let _ = CAUGHT.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
-    kick(TIMER.load(Ordering::SeqCst), Duration::from_millis(1));
+    let timer = TIMER.load(Ordering::SeqCst);
+    if !timer.is_null() {
+        WakeTimer::kick(timer, Some(Duration::from_millis(1)));
+    }
 }
 
-/// Arms `timer` to fire after `after`, then every millisecond. Async-signal-safe.
-fn kick(timer: libc::timer_t, after: Duration) {
-    let after = after.max(Duration::from_nanos(1));
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 1_000_000,
-        },
-        it_value: libc::timespec {
-            tv_sec: after.as_secs() as libc::time_t,
-            tv_nsec: after.subsec_nanos() as libc::c_long,
-        },
-    };
-    // SAFETY: timer_settime is async-signal-safe; `spec` is a valid itimerspec.
-    unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
-}
+/// A POSIX timer (timer_create(2)) that sends [`wake_signal`] to the process; deleted
+/// on drop. Not nix's `Timer`: the signal handler must re-arm it through its raw id,
+/// which that type does not give out (and its `set` wants `&mut`).
+struct WakeTimer(libc::timer_t);
 
-/// Installs `handler` for `signal` without SA_RESTART; returns the disposition before.
-fn install(signal: i32, handler: extern "C" fn(libc::c_int)) -> io::Result<libc::sigaction> {
-    // SAFETY: both handlers are async-signal-safe (an atomic store, timer_settime, or
-    // nothing); zeroed sigactions are valid values for the out and in parameters.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler as *const () as libc::sighandler_t;
-        let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(signal, &action, &mut old) == -1 {
-            return Err(io::Error::last_os_error());
+impl WakeTimer {
+    fn new() -> io::Result<WakeTimer> {
+        let mut timer = MaybeUninit::<libc::timer_t>::uninit();
+        // SAFETY: a zeroed sigevent is a valid one (no thread attributes, no value);
+        // SIGEV_SIGNAL sends sigev_signo to the process, whose only thread is this one.
+        // `timer` is written by a successful call, and read only then.
+        unsafe {
+            let mut event = MaybeUninit::<libc::sigevent>::zeroed().assume_init();
+            event.sigev_notify = libc::SIGEV_SIGNAL;
+            event.sigev_signo = wake_signal();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, timer.as_mut_ptr()) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(WakeTimer(timer.assume_init()))
         }
-        Ok(old)
+    }
+
+    /// Arms `timer` to fire after `after`, then every millisecond; `None` disarms it.
+    /// Async-signal-safe (the handler calls it).
+    fn kick(timer: libc::timer_t, after: Option<Duration>) {
+        let spec = match after {
+            Some(after) => {
+                let after = after.max(Duration::from_nanos(1));
+                libc::itimerspec {
+                    it_interval: libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    },
+                    it_value: libc::timespec {
+                        tv_sec: after.as_secs() as libc::time_t,
+                        tv_nsec: after.subsec_nanos() as libc::c_long,
+                    },
+                }
+            }
+            None => libc::itimerspec {
+                it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+                it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            },
+        };
+        // SAFETY: `timer` is a live timer's id (the interrupter's, deleted only after
+        // TIMER is cleared); `spec` is a valid itimerspec; timer_settime is
+        // async-signal-safe.
+        unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for WakeTimer {
+    fn drop(&mut self) {
+        TIMER.store(std::ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: the timer is ours and deleted once; the handler no longer sees it.
+        unsafe { libc::timer_delete(self.0) };
     }
 }
 
@@ -252,38 +319,27 @@ impl Signals {
     /// Prepares a blocking call in this (the main) thread that ends for a signal,
     /// at `deadline` (if any), and every `tick` (if any). xlock has no other thread.
     pub fn interrupter(&self, deadline: Option<Instant>, tick: Option<Duration>) -> io::Result<Interrupter> {
-        let wake_before = install(wake_signal(), on_wake)?;
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: a zeroed sigevent is valid; SIGEV_SIGNAL sends sigev_signo to the
-        // process, whose only thread is this one. `timer` receives the new timer's id.
-        unsafe {
-            let mut event: libc::sigevent = std::mem::zeroed();
-            event.sigev_notify = libc::SIGEV_SIGNAL;
-            event.sigev_signo = wake_signal();
-            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == -1 {
-                let err = io::Error::last_os_error();
-                libc::sigaction(wake_signal(), &wake_before, std::ptr::null_mut());
-                return Err(err);
-            }
-        }
-        TIMER.store(timer, Ordering::SeqCst);
+        let wake_before = sigaction(wake_signal(), Some(Disposition::Handler(on_wake)))?;
+        // Restored once the timer is deleted (field order): no wake signal comes then.
+        let saved = Saved(vec![(wake_signal(), wake_before)]);
+        let timer = WakeTimer::new()?;
+        TIMER.store(timer.0, Ordering::SeqCst);
         CAUGHT.store(0, Ordering::SeqCst);
         let mut interrupter = Interrupter {
             timer,
-            // Restored once the timer is deleted (see Drop): no wake signal comes then.
-            saved: vec![(wake_signal(), wake_before)],
+            saved,
             unblocked: SigSet::empty(),
             deadline,
             tick,
             next_tick: std::cell::Cell::new(tick.map(|t| Instant::now() + t)),
         };
         for signal in FORWARDED.iter().filter(|&&s| ends_wait(s as i32)) {
-            // An ignored signal stays ignored (and blocked).
-            if ignored(*signal as i32) {
+            // An ignored signal stays ignored.
+            if self.ignored_at_start.contains(*signal) {
                 continue;
             }
-            let old = install(*signal as i32, on_ending)?;
-            interrupter.saved.push((*signal as i32, old));
+            let old = sigaction(*signal as i32, Some(Disposition::Handler(on_ending)))?;
+            interrupter.saved.0.push((*signal as i32, old));
             interrupter.unblocked.add(*signal);
         }
         interrupter.arm();
@@ -294,13 +350,8 @@ impl Signals {
 impl Interrupter {
     /// Arms the timer for the deadline or the next tick, whichever comes first.
     fn arm(&self) {
-        match [self.deadline, self.next_tick.get()].into_iter().flatten().min() {
-            Some(at) => kick(self.timer, at.saturating_duration_since(Instant::now())),
-            None => {
-                // SAFETY: a zeroed itimerspec disarms the timer.
-                unsafe { libc::timer_settime(self.timer, 0, &std::mem::zeroed(), std::ptr::null_mut()) };
-            }
-        }
+        let at = [self.deadline, self.next_tick.get()].into_iter().flatten().min();
+        WakeTimer::kick(self.timer.0, at.map(|at| at.saturating_duration_since(Instant::now())));
     }
 
     /// Runs `call` with the ending signals deliverable. A signal caught before it
@@ -337,18 +388,15 @@ impl Interrupter {
     }
 }
 
-impl Drop for Interrupter {
+impl Drop for Saved {
     fn drop(&mut self) {
-        // SAFETY: the timer is ours; after deleting it, nothing sends the wake signal.
-        unsafe { libc::timer_delete(self.timer) };
-        TIMER.store(std::ptr::null_mut(), Ordering::SeqCst);
-        for (signal, old) in &self.saved {
-            // SAFETY: restores the disposition sigaction gave back for this signal.
-            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        for (signal, old) in self.0.drain(..) {
+            let _ = sigaction(signal, Some(Disposition::Restore(old)));
         }
     }
 }
 
+/// The signal number of a signalfd read.
 pub fn number(info: &siginfo) -> i32 {
     info.ssi_signo as i32
 }
@@ -364,11 +412,15 @@ pub fn ends_wait(signal: i32) -> bool {
 /// the child already, except a hang-up's SIGHUP, which the kernel sends only to the
 /// session leader. Signals the terminal never sends to a group are always passed on.
 pub fn should_forward(info: &siginfo, session_leader: bool) -> bool {
-    let signal = number(info);
+    forwards(number(info), info.ssi_code, session_leader)
+}
+
+/// [`should_forward`] of a signal number and its si_code.
+fn forwards(signal: i32, code: i32, session_leader: bool) -> bool {
     if !FORWARDED.iter().any(|&s| s as i32 == signal) {
         return false;
     }
-    let from_kernel = info.ssi_code == SI_KERNEL;
+    let from_kernel = code == SI_KERNEL;
     let group_signal = [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGWINCH]
         .iter()
         .any(|&s| s as i32 == signal)
@@ -380,14 +432,16 @@ pub fn should_forward(info: &siginfo, session_leader: bool) -> bool {
 /// unblocked, raised. Where that does not kill (an odd environment), exits 128+N.
 pub fn die_of(signal: i32) -> ! {
     let _ = nix::sys::prctl::set_dumpable(false);
-    // SAFETY: resetting a disposition to the default runs no code of ours; the set is
-    // initialised by sigemptyset before use; raise only sends a signal to this thread.
+    let _ = sigaction(signal, Some(Disposition::Default));
+    // Raw rather than nix's SigSet and raise: those take only the standard signals, and
+    // a command can die of a real-time one.
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set before sigaddset and pthread_sigmask read
+    // it; raise only sends the signal to this thread.
     unsafe {
-        libc::signal(signal, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, signal);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
         libc::raise(signal);
     }
     std::process::exit(128 + signal)
@@ -397,27 +451,23 @@ pub fn die_of(signal: i32) -> ! {
 mod tests {
     use super::*;
 
-    fn info(signal: Signal, code: i32) -> siginfo {
-        // SAFETY: signalfd_siginfo is plain integers; all zeroes is a valid value.
-        let mut info: siginfo = unsafe { std::mem::zeroed() };
-        info.ssi_signo = signal as u32;
-        info.ssi_code = code;
-        info
+    fn forwarded(signal: Signal, code: i32, session_leader: bool) -> bool {
+        forwards(signal as i32, code, session_leader)
     }
 
     #[test]
     fn terminal_signals_are_not_sent_twice() {
         const SI_USER: i32 = 0;
-        assert!(should_forward(&info(Signal::SIGINT, SI_USER), false));
-        assert!(!should_forward(&info(Signal::SIGINT, SI_KERNEL), false));
-        assert!(!should_forward(&info(Signal::SIGQUIT, SI_KERNEL), false));
-        assert!(!should_forward(&info(Signal::SIGWINCH, SI_KERNEL), true));
-        assert!(should_forward(&info(Signal::SIGHUP, SI_KERNEL), true));
-        assert!(!should_forward(&info(Signal::SIGHUP, SI_KERNEL), false));
-        assert!(should_forward(&info(Signal::SIGTERM, SI_USER), false));
-        assert!(should_forward(&info(Signal::SIGALRM, SI_KERNEL), false));
-        assert!(!should_forward(&info(Signal::SIGCHLD, SI_USER), false));
-        assert!(!should_forward(&info(Signal::SIGTSTP, SI_USER), false));
+        assert!(forwarded(Signal::SIGINT, SI_USER, false));
+        assert!(!forwarded(Signal::SIGINT, SI_KERNEL, false));
+        assert!(!forwarded(Signal::SIGQUIT, SI_KERNEL, false));
+        assert!(!forwarded(Signal::SIGWINCH, SI_KERNEL, true));
+        assert!(forwarded(Signal::SIGHUP, SI_KERNEL, true));
+        assert!(!forwarded(Signal::SIGHUP, SI_KERNEL, false));
+        assert!(forwarded(Signal::SIGTERM, SI_USER, false));
+        assert!(forwarded(Signal::SIGALRM, SI_KERNEL, false));
+        assert!(!forwarded(Signal::SIGCHLD, SI_USER, false));
+        assert!(!forwarded(Signal::SIGTSTP, SI_USER, false));
     }
 
     #[test]
