@@ -1,0 +1,18 @@
+//! xlock's integration tests: one binary (as ripgrep and just do), a module per area.
+//! Each test drives the real `xlock` binary; `common` holds the helpers.
+//!
+//!     cargo test --test it                 every integration test
+//!     cargo test --test it protocol::      one area
+
+#[macro_use]
+mod common;
+
+mod bad_input;
+mod evidence;
+mod exit_status;
+mod field;
+mod generated;
+mod protocol;
+mod signals;
+mod status;
+mod stress;
