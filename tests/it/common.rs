@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use nix::sys::signal::Signal;
@@ -203,7 +204,7 @@ impl Running {
     }
 
     /// Closes its stdin: a `read _` in its command returns (a holder started with
-    /// `hold(.., "read _")` releases the lock).
+    /// `hold(.., "read _; exit 0")` releases the lock).
     pub fn release(&mut self) {
         drop(self.child.stdin.take());
     }
@@ -387,10 +388,29 @@ macro_rules! tests_in_every_mode {
     };
 }
 
+/// The Python 3 interpreter itself: `python3` on PATH may be a wrapper (pyenv's shim
+/// is a bash script) that costs more than the interpreter's own start-up, which the
+/// field tests pay hundreds of times. Asked once.
+pub fn python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("the tests need python3 on PATH");
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(
+            out.status.success() && !path.is_empty(),
+            "python3 does not say where it is"
+        );
+        path
+    })
+}
+
 /// The signal reporter (tests/helpers/sigreport.py), as a command line.
 pub fn sigreport() -> [String; 2] {
     [
-        "python3".into(),
+        python().into(),
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/sigreport.py").into(),
     ]
 }

@@ -17,19 +17,20 @@ use crate::common::*;
 const FIELDCASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/fieldcase.py");
 /// How it runs: isolated from the environment, without site packages (it needs the
 /// standard library only, and starts faster so).
-const PYTHON: [&str; 3] = ["python3", "-I", "-S"];
+const PYTHON_FLAGS: [&str; 2] = ["-I", "-S"];
 
 /// `python3 fieldcase.py`, to which the sub-command's words are added.
 fn fieldcase() -> Command {
-    let mut command = Command::new(PYTHON[0]);
-    command.args(&PYTHON[1..]).arg(FIELDCASE);
+    let mut command = Command::new(python());
+    command.args(PYTHON_FLAGS).arg(FIELDCASE);
     command
 }
 
 /// `xlock LOCK fieldcase ARGS...`, started.
 fn under_xlock(lock: &Path, args: &[&str]) -> Child {
     xlock([lock.as_os_str()])
-        .args(PYTHON)
+        .arg(python())
+        .args(PYTHON_FLAGS)
         .arg(FIELDCASE)
         .args(args)
         .stderr(Stdio::piped())
@@ -278,7 +279,8 @@ fn crash_while_holding_the_lock() {
     let waiters: Vec<Child> = (0..16)
         .map(|_| {
             xlock(["-v", lock.to_str().unwrap()])
-                .args(PYTHON)
+                .arg(python())
+                .args(PYTHON_FLAGS)
                 .arg(FIELDCASE)
                 .args(["section", log.to_str().unwrap()])
                 .stderr(Stdio::piped())

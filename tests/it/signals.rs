@@ -193,7 +193,7 @@ fn dispositions_survive_a_wait() {
     };
     let traps = "trap '' TERM RTMIN+2";
     let direct = masks(format!("{traps}; {report}"));
-    let mut holder = hold(&[], &lock, "read _");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     // bash prints its PID, then becomes the xlock (exec keeps the dispositions).
     let mut under = Running::start({
         let mut bash = Command::new("bash");

@@ -158,7 +158,7 @@ fn status_of_foreign_files_and_missing_directories_is_an_error() {
 fn waiting_notice_on_a_terminal() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = hold(&[], &lock, "read _");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     let started = Instant::now();
     let mut pty = Pty::spawn(xlock([lock.to_str().unwrap(), "sh", "-c", "echo GOT''IT"]));
     pty.expect("xlock: waiting for ");
@@ -166,7 +166,7 @@ fn waiting_notice_on_a_terminal() {
     let notice = pty.expect("…");
     assert!(
         notice.contains(&format!(
-            "(held by pid {} 'echo started; read _' on ",
+            "(held by pid {} 'echo started; read _; exit 0' on ",
             holder.child.id()
         )),
         "{notice:?}"
@@ -187,7 +187,7 @@ fn waiting_notice_on_a_terminal() {
 fn waiting_notice_is_silenced() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = hold(&[], &lock, "read _");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     let mut pty = Pty::spawn(xlock(["-q", lock.to_str().unwrap(), "sh", "-c", "echo GOT''IT"]));
     wait_past_the_notice(pty.child.id(), &lock);
     holder.release();
@@ -195,7 +195,7 @@ fn waiting_notice_is_silenced() {
     assert!(!shown.contains("xlock"), "-q printed: {shown:?}");
     assert!(holder.wait().success());
 
-    let mut holder = hold(&[], &lock, "read _");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     let waiter = xlock([lock.to_str().unwrap(), "true"])
         .stderr(Stdio::piped())
         .spawn()
@@ -227,7 +227,7 @@ fn verbose_lines() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let l = lock.display();
-    let mut holder = hold(&[], &lock, "read _");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     // -w 10: should the waiting line never come, the waiter ends and the test says why.
     let mut waiter = xlock(["-w", "10", "-v", lock.to_str().unwrap(), "true"])
         .stderr(Stdio::piped())
