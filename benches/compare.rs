@@ -287,7 +287,7 @@ fn main() {
     say!("side; absolute times drift on a shared machine. The targets are SPEC §7's, summarised");
     say!("in the README.");
     say!();
-    say!("- Run: {} UTC", humantime::format_rfc3339_seconds(SystemTime::now()));
+    say!("- Run: {}", humantime::format_rfc3339_seconds(SystemTime::now()));
     say!("- Machine: {cpu}, {cores} cores, Linux {}", kernel.trim());
     say!(
         "- xlock {} ({}), {}",

@@ -1,5 +1,6 @@
 //! xlock's integration tests: one binary (as ripgrep and just do), a module per area.
-//! Each test drives the real `xlock` binary; `common` holds the helpers.
+//! Each test drives the real `xlock` binary; `common` holds the helpers, `pty` the
+//! pseudo-terminals.
 //!
 //!     cargo test --test it                 every integration test
 //!     cargo test --test it protocol::      one area
@@ -13,6 +14,7 @@ mod exit_status;
 mod field;
 mod generated;
 mod protocol;
+mod pty;
 mod signals;
 mod status;
 mod stress;

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
+use crate::pty::Pty;
 use nix::unistd::Pid;
 
 fn kill(pid: u32, signal: Signal) {

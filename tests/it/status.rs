@@ -8,6 +8,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::pty::Pty;
 use serde_json::Value;
 
 fn status(args: &[&str]) -> Output {
