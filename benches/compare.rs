@@ -10,6 +10,10 @@
 //! 4. throughput: 4 processes x 200 runs on one lock;
 //! 5. peak RSS of the wrapper process (wait4's rusage).
 //!
+//! Every run writes its figures to docs/benchmarks.md (and prints them), with the
+//! date, the machine, the tool versions and the load average; the README only
+//! summarises the targets and points there.
+//!
 //! xlock is measured as `cargo build --release` makes it (statically linked on
 //! linux-gnu, by .cargo/config.toml) and, for comparison, dynamically linked
 //! (`-C target-feature=-crt-static`, built here into target/dynamic). A peer that is
@@ -20,8 +24,25 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What the run reports, in Markdown: printed as it goes, and written to
+/// docs/benchmarks.md at the end.
+static REPORT: Mutex<String> = Mutex::new(String::new());
+
+/// `println!`, and the line kept for docs/benchmarks.md.
+macro_rules! say {
+    () => { say!("") };
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        let mut report = REPORT.lock().unwrap();
+        report.push_str(&line);
+        report.push('\n');
+    }};
+}
 
 /// How a tool runs a command under a lock.
 #[derive(Clone)]
@@ -33,6 +54,8 @@ struct Tool {
     after_lock: Vec<String>,
     /// Runs the command and waits for it (as opposed to exec'ing it).
     fork_and_wait: bool,
+    /// The Debian package it comes from, for its version.
+    package: Option<&'static str>,
 }
 
 impl Tool {
@@ -42,7 +65,31 @@ impl Tool {
             program: Some(program.iter().map(|s| s.to_string()).collect()),
             after_lock: Vec::new(),
             fork_and_wait,
+            package: None,
         }
+    }
+
+    fn packaged_in(self, package: &'static str) -> Tool {
+        Tool {
+            package: Some(package),
+            ..self
+        }
+    }
+
+    /// Where the tool comes from, with its version: `PACKAGE VERSION` from dpkg.
+    fn version(&self) -> String {
+        let Some(package) = self.package else {
+            return String::new();
+        };
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", package])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map_or_else(
+                || format!("{package}, version unknown"),
+                |out| format!("{package} {}", String::from_utf8_lossy(&out.stdout).trim()),
+            )
     }
 
     fn command(&self, lock: &Path, cmd: &[&str]) -> Command {
@@ -192,30 +239,38 @@ fn main() {
     let xlock = env!("CARGO_BIN_EXE_xlock");
     let dynamic_xlock = build_dynamic_xlock();
 
-    let mut tools = vec![Tool::new("xlock", &[xlock], true)];
+    // `-w 5`: an option on the line, which the plain form does not have (SPEC §7's
+    // targets hold with any option, not only for `xlock LOCK COMMAND`).
+    let mut tools = vec![
+        Tool::new("xlock", &[xlock], true),
+        Tool::new("xlock -w 5", &[xlock, "-w", "5"], true),
+    ];
     if let Some(path) = &dynamic_xlock {
         tools.push(Tool::new("xlock (dynamic)", &[path.to_str().unwrap()], true));
     }
     tools.extend([
-        Tool::new("flock(1)", &["flock"], true),
-        Tool::new("lckdo -w", &["lckdo", "-w"], true),
+        Tool::new("flock(1)", &["flock"], true).packaged_in("util-linux"),
+        Tool::new("lckdo -w", &["lckdo", "-w"], true).packaged_in("moreutils"),
         Tool {
             after_lock: Vec::new(),
             ..Tool::new("dotlockfile -l", &["dotlockfile", "-l", "-r", "-1"], true)
-        },
-        Tool::new("with-lock-ex -w", &["with-lock-ex", "-w"], false),
-        Tool::new("chpst -l", &["chpst", "-l"], false),
+        }
+        .packaged_in("liblockfile-bin"),
+        Tool::new("with-lock-ex -w", &["with-lock-ex", "-w"], false).packaged_in("chiark-utils-bin"),
+        Tool::new("chpst -l", &["chpst", "-l"], false).packaged_in("runit"),
         Tool {
             program: None,
             after_lock: Vec::new(),
             name: "lockfile (procmail)",
             fork_and_wait: true,
+            package: Some("procmail"),
         },
     ]);
     let (present, missing): (Vec<Tool>, Vec<Tool>) = tools.into_iter().partition(Tool::installed);
 
-    println!("# xlock benchmark");
-    println!();
+    let began = Instant::now();
+    let load_before = load_average();
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -225,26 +280,90 @@ fn main() {
         })
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!(
-        "{} UTC; {} cores ({cpu}); Linux {}; lock files in {}",
-        humantime::format_rfc3339_seconds(SystemTime::now()),
-        thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel.trim(),
-        dir.display()
+    say!("# Benchmark figures");
+    say!();
+    say!("Written by `cargo bench --bench compare` (benches/compare.rs) at every run: the figures");
+    say!("of the latest run, on one machine. Compare the ratios, which are measured side by");
+    say!("side; absolute times drift on a shared machine. The targets are SPEC §7's, summarised");
+    say!("in the README.");
+    say!();
+    say!("- Run: {}", humantime::format_rfc3339_seconds(SystemTime::now()));
+    say!("- Machine: {cpu}, {cores} cores, Linux {}", kernel.trim());
+    say!(
+        "- xlock {} ({}), {}",
+        env!("CARGO_PKG_VERSION"),
+        git_revision(),
+        first_line("rustc", &["-V"])
     );
+    for tool in &present {
+        if tool.package.is_some() {
+            say!("- {}: {}", tool.name, tool.version());
+        }
+    }
     if dynamic_xlock.is_none() {
-        println!("xlock (dynamic): skipped, the dynamic build failed");
+        say!("- xlock (dynamic): skipped, the dynamic build failed");
     }
     for tool in &missing {
-        println!("{}: skipped, not installed", tool.name);
+        say!("- {}: skipped, not installed", tool.name);
     }
-    println!();
+    say!("- Lock files in {}", dir.display());
+    say!("- Load average when the run began: {load_before}");
+    say!();
 
     uncontended(&dir, &present);
     let handoff_median = handoff(&dir, &present, &stamp_s);
     takeover(&dir, &present, &stamp_s, handoff_median);
     throughput(&dir, &present);
     peak_rss(&dir, &present, &build_rss(&dir));
+
+    let load_after = load_average();
+    say!(
+        "The run took {:.0} s. Load average when it ended: {load_after}.",
+        began.elapsed().as_secs_f64()
+    );
+    let busiest = [&load_before, &load_after]
+        .iter()
+        .filter_map(|load| load.split_whitespace().next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    if busiest > cores as f64 {
+        say!();
+        say!(
+            "**The machine was busy with other work during this run** (load average {busiest:.1} on \
+             {cores} cores): every tool was slowed alike, as they are interleaved, but the spread \
+             is wider than on an idle machine."
+        );
+    }
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+    fs::write(&docs, REPORT.lock().unwrap().as_bytes()).unwrap();
+    println!("(written to {})", docs.display());
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg shows them.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The first line a program prints, or "unknown".
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_owned))
+        .unwrap_or_else(|| format!("{program}: unknown"))
+}
+
+/// The commit measured, with `+dirty` for uncommitted changes.
+fn git_revision() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let revision = first_line("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
+    let dirty = Command::new("git")
+        .args(["-C", root, "diff", "--quiet", "HEAD"])
+        .status()
+        .is_ok_and(|s| !s.success());
+    format!("commit {revision}{}", if dirty { "+dirty" } else { "" })
 }
 
 /// Section 1: Uncontended `TOOL LOCK true`, interleaved round by round.
@@ -265,10 +384,10 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
     }
     let median = |i: usize, samples: &mut Vec<Vec<f64>>| percentile(&mut samples[i], 0.5);
     let index = |name: &str| tools.iter().position(|t| t.name == name);
-    println!("## 1. Uncontended `TOOL LOCK true` ({rounds} runs each, interleaved)");
-    println!();
-    println!("| tool | kind | median ms | p95 ms | vs flock(1) | vs lckdo |");
-    println!("|---|---|---|---|---|---|");
+    say!("## 1. Uncontended `TOOL LOCK true` ({rounds} runs each, interleaved)");
+    say!();
+    say!("| tool | kind | median ms | p95 ms | vs flock(1) | vs lckdo |");
+    say!("|---|---|---|---|---|---|");
     let flock = index("flock(1)").map(|i| median(i, &mut samples));
     let lckdo = index("lckdo -w").map(|i| median(i, &mut samples));
     for (i, tool) in tools.iter().enumerate() {
@@ -280,7 +399,7 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
         } else {
             "exec (cannot release)"
         };
-        println!(
+        say!(
             "| {} | {kind} | {m:.2} | {p95:.2} | {} | {} |",
             tool.name,
             ratio(flock),
@@ -288,11 +407,11 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
         );
     }
     let m = median(tools.len(), &mut samples);
-    println!(
+    say!(
         "| plain `true` | floor | {m:.2} | {:.2} | - | - |",
         percentile(&mut samples[tools.len()], 0.95)
     );
-    println!();
+    say!();
 }
 
 /// Section 2: Hand-off latency for the fork-and-wait tools that block on a kernel lock.
@@ -323,23 +442,23 @@ fn handoff(dir: &Path, tools: &[Tool], stamp: &str) -> f64 {
             let _ = round;
         }
     }
-    println!("## 2. Hand-off: holder's command ends -> waiter's command starts ({n} each)");
-    println!();
-    println!("| tool | median ms | p95 ms |");
-    println!("|---|---|---|");
+    say!("## 2. Hand-off: holder's command ends -> waiter's command starts ({n} each)");
+    say!();
+    say!("| tool | median ms | p95 ms |");
+    say!("|---|---|---|");
     let mut xlock_median = f64::NAN;
     for (i, tool) in chosen.iter().enumerate() {
         let m = percentile(&mut samples[i], 0.5);
         if tool.name == "xlock" {
             xlock_median = m;
         }
-        println!("| {} | {m:.2} | {:.2} |", tool.name, percentile(&mut samples[i], 0.95));
+        say!("| {} | {m:.2} | {:.2} |", tool.name, percentile(&mut samples[i], 0.95));
     }
     if discarded > 0 {
-        println!();
-        println!("({discarded} rounds discarded: the waiter started before the holder)");
+        say!();
+        say!("({discarded} rounds discarded: the waiter started before the holder)");
     }
-    println!();
+    say!();
     xlock_median
 }
 
@@ -372,12 +491,12 @@ fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
             _ => {}
         }
     }
-    println!("## 3. Take-over: holder's wrapper SIGKILLed -> waiter's command starts");
-    println!();
-    println!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({handoff_median:.2} ms) + 1 ms.");
-    println!();
-    println!("| tool | runs | median ms | p95 ms | how the lock comes free |");
-    println!("|---|---|---|---|---|");
+    say!("## 3. Take-over: holder's wrapper SIGKILLed -> waiter's command starts");
+    say!();
+    say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({handoff_median:.2} ms) + 1 ms.");
+    say!();
+    say!("| tool | runs | median ms | p95 ms | how the lock comes free |");
+    say!("|---|---|---|---|---|");
     for (i, (name, tool, runs, holder_cmd)) in rows.into_iter().enumerate() {
         let mut samples = Vec::new();
         for round in 0..runs {
@@ -436,13 +555,13 @@ fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
             _ => "forced removal once older than -l, then lockfile suspends 16 s (-s)",
         };
         if samples.is_empty() {
-            println!("| {name} | {runs} | - | - | {how} (not within 15 s) |");
+            say!("| {name} | {runs} | - | - | {how} (not within 15 s) |");
         } else {
             let (m, p95) = (percentile(&mut samples, 0.5), percentile(&mut samples, 0.95));
-            println!("| {name} | {runs} | {m:.2} | {p95:.2} | {how} |");
+            say!("| {name} | {runs} | {m:.2} | {p95:.2} | {how} |");
         }
     }
-    println!();
+    say!();
 }
 
 /// Section 4: Throughput: 4 processes x 200 runs each on one lock.
@@ -450,10 +569,10 @@ fn throughput(dir: &Path, tools: &[Tool]) {
     let (procs, runs) = (4, 200);
     let rounds = setting("XLOCK_BENCH_THROUGHPUT_ROUNDS", 3);
     let cap = Duration::from_secs(60);
-    println!("## 4. Throughput: {procs} processes x {runs} runs of `TOOL LOCK true` on one lock");
-    println!();
-    println!("{rounds} rounds, the tools interleaved; a tool that needs over 10 s runs once.");
-    println!();
+    say!("## 4. Throughput: {procs} processes x {runs} runs of `TOOL LOCK true` on one lock");
+    say!();
+    say!("{rounds} rounds, the tools interleaved; a tool that needs over 10 s runs once.");
+    say!();
     // Per tool: runs/s of each round, and whether it finished within the cap.
     let mut results: Vec<(Vec<f64>, bool)> = vec![(Vec::new(), true); tools.len()];
     for round in 0..rounds {
@@ -486,8 +605,8 @@ fn throughput(dir: &Path, tools: &[Tool]) {
             *complete &= done == procs * runs;
         }
     }
-    println!("| tool | median runs/s | each round |");
-    println!("|---|---|---|");
+    say!("| tool | median runs/s | each round |");
+    say!("|---|---|---|");
     for (tool, (rates, complete)) in tools.iter().zip(&results) {
         let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
         let note = if *complete {
@@ -496,23 +615,23 @@ fn throughput(dir: &Path, tools: &[Tool]) {
             format!(" (not all {} runs within {} s)", procs * runs, cap.as_secs())
         };
         let median = percentile(&mut rates.clone(), 0.5);
-        println!("| {} | {median:.0}{note} | {} |", tool.name, each.join(", "));
+        say!("| {} | {median:.0}{note} | {} |", tool.name, each.join(", "));
     }
-    println!();
+    say!();
 }
 
 /// Section 5: Peak RSS of the wrapper process, from wait4 in a small C parent.
 fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
-    println!("## 5. Peak RSS of the wrapper running `true` (max of 20 runs, wait4 from a small C parent)");
-    println!();
+    say!("## 5. Peak RSS of the wrapper running `true` (max of 20 runs, wait4 from a small C parent)");
+    say!();
     let floor = Command::new(rss).arg("true").output().unwrap();
-    println!(
+    say!(
         "The floor (the C parent's own pages, counted before exec): `true` alone shows {} KiB.",
         String::from_utf8_lossy(&floor.stdout).trim()
     );
-    println!();
-    println!("| tool | peak RSS KiB |");
-    println!("|---|---|");
+    say!();
+    say!("| tool | peak RSS KiB |");
+    say!("|---|---|");
     for (i, tool) in tools.iter().enumerate() {
         let lock = dir.join(format!("rss.{i}.lock"));
         let mut peak = 0u64;
@@ -526,7 +645,7 @@ fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
                 .unwrap();
             peak = peak.max(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0));
         }
-        println!("| {} | {peak} |", tool.name);
+        say!("| {} | {peak} |", tool.name);
     }
-    println!();
+    say!();
 }

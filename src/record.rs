@@ -104,7 +104,7 @@ impl Record {
         Ok(record)
     }
 
-    pub(crate) fn version() -> u32 {
+    pub fn version() -> u32 {
         VERSION
     }
 }

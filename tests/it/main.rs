@@ -1,4 +1,22 @@
-//! The integration tests: one binary, a module per area. They drive the real `xlock`.
+//! xlock's integration tests: one binary (as ripgrep and just do), a module per area.
+//! Each test drives the real `xlock` binary; `common` holds the helpers, `pty` the
+//! pseudo-terminals.
+//!
+//!     cargo test --test it                 every integration test
+//!     cargo test --test it protocol::      one area
 
+#[macro_use]
+mod common;
+
+mod bad_input;
 mod cli;
+mod evidence;
+mod exit_status;
+mod field;
+mod generated;
+mod protocol;
+mod pty;
+mod signals;
 mod signals_ignored;
+mod status;
+mod stress;

@@ -2,35 +2,36 @@
 //! processes through the built binary. Where it matters, the same workload runs
 //! without xlock too, to show that the checker catches the failure.
 //!
-//! The workloads are in tests/helpers/fieldcase.rs (built by `cargo test` as the
-//! example `fieldcase`, with rusqlite's bundled SQLite).
-
-mod common;
+//! The workloads are in tests/helpers/fieldcase.py, run with Python's own sqlite3
+//! module (so that no Rust build compiles SQLite).
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
-/// The helper program, built by `cargo test` next to the test binaries.
-fn fieldcase() -> PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let helper = deps.parent().unwrap().join("examples/fieldcase");
-    assert!(
-        helper.exists(),
-        "{} is missing: run the whole suite with `cargo test` (it builds the example), or `cargo build --examples` first",
-        helper.display()
-    );
-    helper
+/// The workloads' script.
+const FIELDCASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/fieldcase.py");
+/// How it runs: isolated from the environment, without site packages (it needs the
+/// standard library only, and starts faster so).
+const PYTHON_FLAGS: [&str; 2] = ["-I", "-S"];
+
+/// `python3 fieldcase.py`, to which the sub-command's words are added.
+fn fieldcase() -> Command {
+    let mut command = Command::new(python());
+    command.args(PYTHON_FLAGS).arg(FIELDCASE);
+    command
 }
 
 /// `xlock LOCK fieldcase ARGS...`, started.
 fn under_xlock(lock: &Path, args: &[&str]) -> Child {
     xlock([lock.as_os_str()])
-        .arg(fieldcase())
+        .arg(python())
+        .args(PYTHON_FLAGS)
+        .arg(FIELDCASE)
         .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
@@ -40,7 +41,7 @@ fn under_xlock(lock: &Path, args: &[&str]) -> Child {
 
 /// `fieldcase ARGS...` without a lock, started.
 fn unlocked(args: &[&str]) -> Child {
-    Command::new(fieldcase())
+    fieldcase()
         .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
@@ -59,7 +60,7 @@ fn failures(children: Vec<Child>) -> Vec<String> {
 }
 
 fn sqlite_check(db: &Path) -> String {
-    let out = Command::new(fieldcase())
+    let out = fieldcase()
         .args(["sqlite-check", db.to_str().unwrap()])
         .output()
         .unwrap();
@@ -278,7 +279,9 @@ fn crash_while_holding_the_lock() {
     let waiters: Vec<Child> = (0..16)
         .map(|_| {
             xlock(["-v", lock.to_str().unwrap()])
-                .arg(fieldcase())
+                .arg(python())
+                .args(PYTHON_FLAGS)
+                .arg(FIELDCASE)
                 .args(["section", log.to_str().unwrap()])
                 .stderr(Stdio::piped())
                 .spawn()

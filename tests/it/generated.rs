@@ -1,7 +1,7 @@
 //! completions/ and man/ are generated from the clap definition and committed. This
 //! test renders them again and fails when they drift from the CLI.
 //!
-//! To regenerate: `XLOCK_REGENERATE=1 cargo test --test generated`
+//! To regenerate: `XLOCK_REGENERATE=1 cargo test --test it generated`
 
 use std::fs;
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ fn completions_and_man_page_match_the_cli() {
     }
     assert!(
         stale.is_empty(),
-        "out of date with the CLI: {}\nregenerate them with: XLOCK_REGENERATE=1 cargo test --test generated",
+        "out of date with the CLI: {}\nregenerate them with: XLOCK_REGENERATE=1 cargo test --test it generated",
         stale.join(", ")
     );
 }

@@ -3,15 +3,13 @@
 //! shell's view of a Ctrl-C, inherited dispositions and masks, job control,
 //! hang-ups, and signals that arrive while xlock still waits for the lock.
 
-mod common;
-
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::pty::Pty;
 use nix::unistd::Pid;
 
 fn kill(pid: u32, signal: Signal) {
@@ -196,16 +194,27 @@ fn dispositions_survive_a_wait() {
     };
     let traps = "trap '' TERM RTMIN+2";
     let direct = masks(format!("{traps}; {report}"));
-    let mut holder = hold(&[], &lock, "sleep 0.3");
-    let started = std::time::Instant::now();
-    let under = masks(format!(
-        "{traps}; '{}' '{}' {report}",
-        xlock_bin().display(),
-        lock.display()
-    ));
-    assert!(started.elapsed() > Duration::from_millis(100), "xlock did not wait");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
+    // bash prints its PID, then becomes the xlock (exec keeps the dispositions).
+    let mut under = Running::start({
+        let mut bash = Command::new("bash");
+        bash.args([
+            "-c",
+            &format!(
+                "{traps}; echo $$; exec '{}' '{}' {report}",
+                xlock_bin().display(),
+                lock.display()
+            ),
+        ]);
+        bash
+    });
+    let xlock: i32 = under.line().parse().unwrap();
+    wait_until_waiting(xlock, &lock);
+    holder.release();
+    let under_masks = under.rest();
+    assert!(under.wait().success());
     assert!(direct.contains("SigIgn"), "{direct}");
-    assert_eq!(under, direct);
+    assert_eq!(under_masks, direct);
     assert!(holder.wait().success());
 }
 
@@ -306,14 +315,7 @@ fn sigterm_while_waiting_leaves_nothing_behind(t: Mode) {
         .unwrap();
     // Waiting means asleep with the holder's file open: blocked on its lock (or,
     // without kernel locks, between polls).
-    let fds = format!("/proc/{}/fd", waiter.id());
-    let holders_file = fs::metadata(&lock).unwrap().ino();
-    wait_until(Duration::from_secs(5), "the waiter blocks", || {
-        fs::read_dir(&fds).is_ok_and(|d| {
-            d.flatten()
-                .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.ino() == holders_file))
-        }) && state_of(waiter.id() as i32) == 'S'
-    });
+    wait_until_waiting(waiter.id() as i32, &lock);
     if t == Mode::Named {
         assert_eq!(
             sandbox.entries().len(),

@@ -3,13 +3,11 @@
 //! keeps, temp-file hygiene and release verification. Each test runs twice: with
 //! O_TMPFILE and with named temp files.
 
-mod common;
-
 use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 tests_in_every_mode!(
     exclusive_with_prompt_hand_off,
@@ -67,38 +65,25 @@ fn record_is_written_while_held(t: Mode) {
     let text = fs::read_to_string(&lock).unwrap();
     assert!(text.starts_with(r#"{"xlock":1,"pid":"#), "{text}");
     assert_eq!(text.lines().count(), 1);
-    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(record["pid"], holder.child.id());
+    let record = read_record(&lock);
+    assert_eq!(record.pid, holder.child.id() as i32);
     assert_eq!(
-        record["boot"],
+        record.boot,
         fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim()
     );
     assert_eq!(
-        record["pidns"],
+        record.pidns,
         fs::read_link("/proc/self/ns/pid").unwrap().to_str().unwrap()
     );
-    let nonce = record["nonce"].as_str().unwrap();
+    let nonce = &record.nonce;
     assert!(
         nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
         "{nonce}"
     );
-    assert!(
-        record["cmd"].as_str().unwrap().starts_with("echo started; read _"),
-        "{record}"
-    );
-    assert!(
-        humantime::parse_rfc3339(record["since"].as_str().unwrap()).is_ok(),
-        "{record}"
-    );
-    let stat = fs::read_to_string(format!("/proc/{}/stat", holder.child.id())).unwrap();
-    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(record["start"], start);
-    drop(holder.child.stdin.take()); // the command's `read` ends
+    assert!(record.cmd.starts_with("echo started; read _"), "{record:?}");
+    assert!(humantime::parse_rfc3339(&record.since).is_ok(), "{record:?}");
+    assert_eq!(Some(record.start), start_time(holder.child.id() as i32));
+    holder.release(); // the command's `read` ends
     assert!(holder.wait().success());
     assert!(!lock.exists());
 }
@@ -323,8 +308,8 @@ fn orphaned_temp_files_are_swept_live_ones_kept(t: Mode) {
     let orphan = sandbox.path(".test.lock.0123456789abcdef0123456789abcdef.xlock-tmp");
     let live = sandbox.path(".test.lock.fedcba9876543210fedcba9876543210.xlock-tmp");
     let lookalike = sandbox.path(".test.lock.not-a-nonce.xlock-tmp");
-    FakeRecord::of(dead_pid()).plant(&orphan);
-    FakeRecord::of(std::process::id() as i32).plant(&live);
+    record_of(dead_pid()).plant(&orphan);
+    record_of(std::process::id() as i32).plant(&live);
     fs::write(&lookalike, "x").unwrap();
     let live_file = fs::File::open(&live).unwrap();
     live_file.lock().unwrap(); // its "creator" is alive

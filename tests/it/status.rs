@@ -1,13 +1,14 @@
 //! What the user sees (SPEC §2): `--status` in text and JSON, the waiting notice on a
 //! terminal, and `-v` lines.
 
-mod common;
-
 use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::pty::Pty;
 use serde_json::Value;
 
 fn status(args: &[&str]) -> Output {
@@ -158,7 +159,7 @@ fn status_of_foreign_files_and_missing_directories_is_an_error() {
 fn waiting_notice_on_a_terminal() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = hold(&[], &lock, "sleep 2");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     let started = Instant::now();
     let mut pty = Pty::spawn(xlock([lock.to_str().unwrap(), "sh", "-c", "echo GOT''IT"]));
     pty.expect("xlock: waiting for ");
@@ -166,7 +167,7 @@ fn waiting_notice_on_a_terminal() {
     let notice = pty.expect("…");
     assert!(
         notice.contains(&format!(
-            "(held by pid {} 'echo started; sleep 2' on ",
+            "(held by pid {} 'echo started; read _; exit 0' on ",
             holder.child.id()
         )),
         "{notice:?}"
@@ -175,6 +176,7 @@ fn waiting_notice_on_a_terminal() {
         shown_after < Duration::from_secs(2),
         "the notice came after {shown_after:?}"
     );
+    holder.release();
     let rest = pty.expect("GOTIT");
     assert!(rest.contains("\r\x1b[K"), "the notice was not cleared: {rest:?}");
     assert!(holder.wait().success());
@@ -186,17 +188,22 @@ fn waiting_notice_on_a_terminal() {
 fn waiting_notice_is_silenced() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = hold(&[], &lock, "sleep 1.5");
+    let mut holder = hold(&[], &lock, "read _; exit 0");
     let mut pty = Pty::spawn(xlock(["-q", lock.to_str().unwrap(), "sh", "-c", "echo GOT''IT"]));
+    wait_past_the_notice(pty.child.id(), &lock);
+    holder.release();
     let shown = pty.expect("GOTIT");
     assert!(!shown.contains("xlock"), "-q printed: {shown:?}");
     assert!(holder.wait().success());
 
-    let mut holder = hold(&[], &lock, "sleep 1.5");
-    let out = xlock([lock.to_str().unwrap(), "true"])
+    let mut holder = hold(&[], &lock, "read _; exit 0");
+    let waiter = xlock([lock.to_str().unwrap(), "true"])
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    wait_past_the_notice(waiter.id(), &lock);
+    holder.release();
+    let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(
         out.stderr.is_empty(),
@@ -206,6 +213,14 @@ fn waiting_notice_is_silenced() {
     assert!(holder.wait().success());
 }
 
+/// Returns once `pid` has waited for `lock` longer than the waiting notice's delay
+/// (1 s), counted from when it is seen blocked on the lock: a notice due would have
+/// been shown by then. (The wait itself is the workload here.)
+fn wait_past_the_notice(pid: u32, lock: &Path) {
+    wait_until_waiting(pid as i32, lock);
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
 /// `-v`: one line each for acquiring after a wait (with how long), taking over a
 /// stale lock (with the dead holder's pid), and releasing.
 #[test]
@@ -213,9 +228,18 @@ fn verbose_lines() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let l = lock.display();
-    let mut holder = hold(&[], &lock, "sleep 1.2");
-    let out = xlock(["-v", lock.to_str().unwrap(), "true"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut holder = hold(&[], &lock, "read _; exit 0");
+    // -w 10: should the waiting line never come, the waiter ends and the test says why.
+    let mut waiter = xlock(["-w", "10", "-v", lock.to_str().unwrap(), "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut errors = BufReader::new(waiter.stderr.take().unwrap());
+    let mut stderr = String::new();
+    errors.read_line(&mut stderr).unwrap(); // the waiting line, after 1 s of waiting
+    holder.release();
+    errors.read_to_string(&mut stderr).unwrap();
+    assert!(waiter.wait().unwrap().success(), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(
         lines[0].starts_with(&format!("xlock: waiting for {l} (held by pid {}", holder.child.id())),

@@ -3,13 +3,11 @@
 //! have left them, and xlock's decision is checked: taken over at once, or waited for.
 //! Every test runs with kernel locks and in forced no-locks mode.
 
-mod common;
-
 use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 tests_in_every_mode!(
     dead_pid_is_taken_over_at_once,
@@ -75,7 +73,7 @@ impl Drop for Sleeper {
 fn dead_pid_is_taken_over_at_once(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let record = FakeRecord::of(dead_pid());
+    let record = record_of(dead_pid());
     record.plant(&lock);
     assert_taken_over(t, &[], &lock, &format!("from dead pid {}", record.pid));
 }
@@ -85,7 +83,7 @@ fn recycled_pid_is_taken_over_at_once(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let sleeper = Sleeper::start();
-    let mut record = FakeRecord::of(sleeper.pid());
+    let mut record = record_of(sleeper.pid());
     record.start += 1;
     record.plant(&lock);
     assert_taken_over(t, &[], &lock, &format!("from dead pid {}", sleeper.pid()));
@@ -97,14 +95,14 @@ fn live_process_is_waited_for_without_kernel_locks(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut sleeper = Sleeper::start();
-    FakeRecord::of(sleeper.pid()).plant(&lock);
+    record_of(sleeper.pid()).plant(&lock);
     assert_busy(t, &[], &lock);
     let waiter = t
         .xlock(["-w", "10", "-v", lock.to_str().unwrap(), "true"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // let it wait (and back off) a while
+    wait_until_waiting(waiter.id() as i32, &lock);
     sleeper.0.kill().unwrap();
     sleeper.0.wait().unwrap();
     let ended = Instant::now();
@@ -125,9 +123,9 @@ fn live_process_is_waited_for_without_kernel_locks(t: Mode) {
 fn previous_boot_of_this_host_is_stale(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut record = FakeRecord::of(std::process::id() as i32);
+    let mut record = record_of(std::process::id() as i32);
     record.boot = "00000000-0000-4000-8000-000000000000".into();
-    record.since = boot_time() - Duration::from_secs(3600);
+    record.since = rfc3339(boot_time() - Duration::from_secs(3600));
     record.plant(&lock);
     assert_taken_over(t, &[], &lock, "before this host rebooted");
 }
@@ -138,7 +136,7 @@ fn previous_boot_of_this_host_is_stale(t: Mode) {
 fn other_host_is_alive_while_its_heartbeat_is_fresh(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut record = FakeRecord::of(std::process::id() as i32);
+    let mut record = record_of(std::process::id() as i32);
     record.boot = "00000000-0000-4000-8000-000000000000".into();
     record.host = "elsewhere".into();
     record.plant(&lock);
@@ -148,8 +146,8 @@ fn other_host_is_alive_while_its_heartbeat_is_fresh(t: Mode) {
     assert_busy(t, &["--stale-after", "1m"], &lock);
     assert_taken_over(t, &["--stale-after", "10s"], &lock, "heartbeat stopped 20s ago");
 
-    record.host = FakeRecord::of(0).host;
-    record.since = SystemTime::now();
+    record.host = record_of(0).host;
+    record.since = rfc3339(SystemTime::now());
     record.plant(&lock);
     assert_busy(t, &[], &lock);
     set_age(&lock, Duration::from_secs(40));
@@ -161,7 +159,7 @@ fn other_host_is_alive_while_its_heartbeat_is_fresh(t: Mode) {
 fn other_host_heartbeat_ages_into_stale_while_waiting(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut record = FakeRecord::of(1);
+    let mut record = record_of(1);
     record.boot = "00000000-0000-4000-8000-000000000000".into();
     record.host = "elsewhere".into();
     record.plant(&lock);
@@ -187,7 +185,7 @@ fn other_pid_namespace_is_not_judged_by_pid(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let sleeper = Sleeper::start();
-    let mut record = FakeRecord::of(sleeper.pid());
+    let mut record = record_of(sleeper.pid());
     record.pidns = "pid:[1]".into();
     record.plant(&lock);
     if t == Mode::NoLocks {
@@ -209,7 +207,7 @@ fn heartbeat_keeps_the_mtime_fresh(t: Mode) {
         let modified = fs::metadata(&lock).unwrap().modified().unwrap();
         modified.elapsed().unwrap_or_default() < Duration::from_secs(1)
     });
-    drop(holder.child.stdin.take());
+    holder.release();
     assert!(holder.wait().success());
     assert!(!lock.exists());
 }
@@ -254,14 +252,14 @@ fn replaced_lock_stops_the_command_and_is_left_alone(t: Mode) {
     let mut command = t.hold_args(&["--stale-after", "300ms"], &lock, "echo started; exec sleep 30");
     command.stderr(fs::File::create(&errors).unwrap());
     let mut holder = t.hold_command(command);
-    let replacement = FakeRecord::of(std::process::id() as i32);
+    let replacement = record_of(std::process::id() as i32);
     let temp = sandbox.path("replacement");
     replacement.plant(&temp);
     fs::rename(&temp, &lock).unwrap();
     let status = holder.wait();
     assert_eq!(status.code(), Some(125));
     assert!(fs::read_to_string(&errors).unwrap().contains("lost the lock"));
-    assert_eq!(fs::read_to_string(&lock).unwrap(), replacement.json());
+    assert_eq!(fs::read_to_string(&lock).unwrap(), replacement.text());
 }
 
 /// SPEC §4.5: the nonce is checked, not just the inode: a record written over ours in
@@ -270,7 +268,7 @@ fn replaced_lock_stops_the_command_and_is_left_alone(t: Mode) {
 fn overwritten_lock_is_not_ours_any_more(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let other = FakeRecord::of(std::process::id() as i32);
+    let other = record_of(std::process::id() as i32);
     let written = sandbox.path("other");
     other.plant(&written);
     let out = t
@@ -285,7 +283,7 @@ fn overwritten_lock_is_not_ours_any_more(t: Mode) {
     assert_eq!(out.status.code(), Some(125));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("removed or replaced"), "{stderr}");
-    assert_eq!(fs::read_to_string(&lock).unwrap(), other.json());
+    assert_eq!(fs::read_to_string(&lock).unwrap(), other.text());
 }
 
 /// Acceptance 5: `xlock L -- sh -c 'xlock L -- echo inner'` prints `inner` at once;
@@ -376,10 +374,9 @@ fn holder_in_another_pid_namespace_is_decided_by_kernel_locks() {
     command.stderr(Stdio::null());
     let mut holder = Running::start(command);
     assert_eq!(holder.line(), "started");
-    let text = fs::read_to_string(&lock).unwrap();
-    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let record = read_record(&lock);
     assert_ne!(
-        record["pidns"],
+        record.pidns,
         fs::read_link("/proc/self/ns/pid").unwrap().to_str().unwrap()
     );
     assert_busy(Mode::Unnamed, &[], &lock);

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: they drive the real `xlock` binary.
-#![allow(dead_code)] // each test binary uses its own subset
+//! What a process is doing is read through the library's own /proc reader
+//! (`xlock::liveness::proc_stat`), and lock records are `xlock::record::Record`s.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,10 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+pub use xlock::liveness::proc_stat;
+pub use xlock::record::Record;
 
 /// The binary under test.
 pub fn xlock_bin() -> PathBuf {
@@ -180,6 +184,13 @@ impl Running {
         line.trim_end().to_owned()
     }
 
+    /// Everything else it prints, until it closes its stdout.
+    pub fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.lines, &mut rest).expect("read stdout");
+        rest
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
@@ -191,6 +202,12 @@ impl Running {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait")
     }
+
+    /// Closes its stdin: a `read _` in its command returns (a holder started with
+    /// `hold(.., "read _; exit 0")` releases the lock).
+    pub fn release(&mut self) {
+        drop(self.child.stdin.take());
+    }
 }
 
 /// Starts an xlock holding `lock` with `command` (a shell snippet, run with sh -c
@@ -201,13 +218,7 @@ pub fn hold(extra: &[&str], lock: &Path, command: &str) -> Running {
 
 /// Whether a process exists (and is not a zombie).
 pub fn process_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
-            state != 'Z' && state != 'X'
-        }
-        Err(_) => false,
-    }
+    matches!(proc_stat(pid), Ok(Some((_, state))) if state != 'Z' && state != 'X')
 }
 
 /// Waits until `cond` holds, for at most `limit`: for conditions that another process
@@ -217,6 +228,55 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until process `pid` waits for the lock now at `lock`: it has that file open
+/// and sleeps in a system call that waits (a lock call, poll, or a sleep between
+/// polls), as /proc/PID/syscall shows. Panics after 10 s, saying what it saw.
+pub fn wait_until_waiting(pid: i32, lock: &Path) {
+    use nix::libc;
+    let holders_file = fs::metadata(lock)
+        .unwrap_or_else(|err| panic!("{}: {err}", lock.display()))
+        .ino();
+    #[allow(unused_mut)] // poll(2) exists on some architectures only
+    let mut waiting_calls = vec![
+        libc::SYS_flock,
+        libc::SYS_fcntl,
+        libc::SYS_ppoll,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+    ];
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    waiting_calls.push(libc::SYS_poll);
+    let has_file_open = || {
+        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.ino() == holders_file))
+        })
+    };
+    let call = || fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let blocked_in = call()
+            .split_whitespace()
+            .next()
+            .and_then(|nr| nr.parse::<libc::c_long>().ok());
+        if blocked_in.is_some_and(|nr| waiting_calls.contains(&nr)) && has_file_open() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting until pid {pid} waits for {}: its system call is {:?}, {}",
+            lock.display(),
+            call().trim(),
+            if has_file_open() {
+                "it has the lock file open"
+            } else {
+                "it does not have the lock file open"
+            }
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -313,160 +373,71 @@ pub fn count_takeovers(waiters: Vec<Child>) -> usize {
 }
 
 /// Defines each listed `fn name(mode: Mode)` as three tests, one per [`Mode`].
-#[macro_export]
+/// (`#[macro_use]` on `mod common` in main.rs makes it visible to every module.)
 macro_rules! tests_in_every_mode {
     ($($name:ident),* $(,)?) => {
         mod unnamed_tmpfile {
-            $( #[test] fn $name() { super::$name(super::common::Mode::Unnamed) } )*
+            $( #[test] fn $name() { super::$name($crate::common::Mode::Unnamed) } )*
         }
         mod named_temp {
-            $( #[test] fn $name() { super::$name(super::common::Mode::Named) } )*
+            $( #[test] fn $name() { super::$name($crate::common::Mode::Named) } )*
         }
         mod no_kernel_locks {
-            $( #[test] fn $name() { super::$name(super::common::Mode::NoLocks) } )*
+            $( #[test] fn $name() { super::$name($crate::common::Mode::NoLocks) } )*
         }
     };
+}
+
+/// The Python 3 interpreter itself: `python3` on PATH may be a wrapper (pyenv's shim
+/// is a bash script) that costs more than the interpreter's own start-up, which the
+/// field tests pay hundreds of times. Asked once.
+pub fn python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("the tests need python3 on PATH");
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(
+            out.status.success() && !path.is_empty(),
+            "python3 does not say where it is"
+        );
+        path
+    })
 }
 
 /// The signal reporter (tests/helpers/sigreport.py), as a command line.
 pub fn sigreport() -> [String; 2] {
     [
-        "python3".into(),
+        python().into(),
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/sigreport.py").into(),
     ]
 }
 
-/// A process started as the session leader of a new pseudo-terminal, which is its
-/// controlling terminal: what the test writes to the master is typed on it.
-pub struct Pty {
-    pub master: Option<std::os::fd::OwnedFd>,
-    pub child: Child,
-    seen: String,
-}
-
-impl Pty {
-    pub fn spawn(mut command: Command) -> Pty {
-        use nix::fcntl::OFlag;
-        use std::os::unix::fs::OpenOptionsExt;
-        use std::os::unix::process::CommandExt;
-        // Close-on-exec from the start (openpty cannot do that): a process that other
-        // tests start meanwhile must not inherit the master, or dropping ours would not
-        // hang the terminal up.
-        let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
-        let size = nix::libc::winsize {
-            ws_row: 50,
-            ws_col: 200,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from the struct it is given.
-        unsafe { nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), nix::libc::TIOCSWINSZ, &size) };
-        nix::pty::grantpt(&master).expect("grantpt");
-        nix::pty::unlockpt(&master).expect("unlockpt");
-        let slave: std::os::fd::OwnedFd = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(nix::pty::ptsname_r(&master).expect("ptsname"))
-            .expect("open pty slave")
-            .into();
-        command
-            .stdin(slave.try_clone().unwrap())
-            .stdout(slave.try_clone().unwrap())
-            .stderr(slave);
-        // SAFETY: setsid and ioctl are async-signal-safe and allocate nothing.
-        unsafe {
-            command.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("spawn on pty");
-        drop(command); // closes the parent's copies of the slave
-        Pty {
-            master: Some(master.into()),
-            child,
-            seen: String::new(),
-        }
-    }
-
-    /// Types `bytes` on the terminal.
-    pub fn send(&mut self, bytes: &[u8]) {
-        nix::unistd::write(self.master.as_ref().unwrap(), bytes).expect("write to pty");
-    }
-
-    /// Reads the terminal until `needle` has appeared (after what earlier calls
-    /// consumed); returns everything read up to and including it.
-    pub fn expect(&mut self, needle: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(at) = self.seen.find(needle) {
-                let upto: String = self.seen.drain(..at + needle.len()).collect();
-                return upto;
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {needle:?}; the terminal showed: {:?}",
-                self.seen
-            );
-            let master = self.master.as_ref().unwrap();
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(master),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let timeout = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
-            if nix::poll::poll(&mut fds, timeout).expect("poll") == 0 {
-                continue;
-            }
-            let mut buf = [0u8; 4096];
-            match nix::unistd::read(master, &mut buf) {
-                Ok(0) | Err(nix::errno::Errno::EIO) => {
-                    panic!("terminal closed before {needle:?}; it showed: {:?}", self.seen)
-                }
-                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(err) => panic!("read from pty: {err}"),
-            }
-        }
-    }
-
-    /// Everything the terminal shows until every process has closed it.
-    pub fn rest(&mut self) -> String {
-        let master = self.master.as_ref().unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            match nix::unistd::read(master, &mut buf) {
-                Ok(0) | Err(nix::errno::Errno::EIO) => return std::mem::take(&mut self.seen),
-                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(err) => panic!("read from pty: {err}"),
-            }
-        }
-    }
-
-    /// Hangs the terminal up: the master is closed.
-    pub fn hang_up(&mut self) {
-        self.master = None;
-    }
-}
-
-/// The parent PID of a process (from /proc).
+/// The parent PID of a process (the `PPid:` line of /proc/PID/status).
 pub fn parent_of(pid: i32) -> i32 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
-        .nth(1)
-        .unwrap()
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .unwrap_or_else(|| panic!("no PPid in /proc/{pid}/status: {status}"))
+        .trim()
         .parse()
         .unwrap()
 }
 
 /// The state letter of a process (R, S, T, Z...).
 pub fn state_of(pid: i32) -> char {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+    proc_stat(pid)
+        .unwrap_or_else(|err| panic!("/proc/{pid}/stat: {err}"))
+        .unwrap_or_else(|| panic!("process {pid} does not exist"))
+        .1
+}
+
+/// Field 22 of /proc/PID/stat (the start time a record carries), if the process exists.
+pub fn start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).ok().flatten().map(|(start, _)| start)
 }
 
 /// Runs `script` with sh in a new user and mount namespace, where it is root and may
@@ -502,65 +473,58 @@ impl Random {
     }
 }
 
-/// A lock record as another xlock would have written it (SPEC §4.1), to plant at
-/// LOCK: what xlock makes of it is the evidence table under test.
-#[derive(Debug, Clone)]
-pub struct FakeRecord {
-    pub pid: i32,
-    pub start: u64,
-    pub pidns: String,
-    pub boot: String,
-    pub host: String,
-    pub nonce: String,
-    pub since: SystemTime,
+/// A lock record naming process `pid` (with its true start time, if it runs) of this
+/// host, boot and PID namespace, acquired now: as another xlock would have written
+/// it (SPEC §4.1), to plant at LOCK. Tests then change fields to play other hosts,
+/// boots and namespaces; what xlock makes of it is the evidence table under test.
+pub fn record_of(pid: i32) -> Record {
+    Record {
+        xlock: Record::version(),
+        pid,
+        start: start_time(pid).unwrap_or(1),
+        pidns: fs::read_link("/proc/self/ns/pid")
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+        boot: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+            .to_owned(),
+        host: nix::unistd::gethostname().unwrap().to_string_lossy().into_owned(),
+        nonce: format!("{:032x}", now_ns()),
+        since: rfc3339(SystemTime::now()),
+        cmd: "planted by a test".to_owned(),
+    }
 }
 
-impl FakeRecord {
-    /// A record naming process `pid` (with its true start time, if it runs) of this
-    /// host, boot and PID namespace, acquired now.
-    pub fn of(pid: i32) -> FakeRecord {
-        FakeRecord {
-            pid,
-            start: start_time(pid).unwrap_or(1),
-            pidns: fs::read_link("/proc/self/ns/pid")
-                .unwrap()
-                .to_string_lossy()
-                .into_owned(),
-            boot: fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .unwrap()
-                .trim()
-                .to_owned(),
-            host: nix::unistd::gethostname().unwrap().to_string_lossy().into_owned(),
-            nonce: format!("{:032x}", now_ns()),
-            since: SystemTime::now(),
-        }
-    }
+/// A time as a record's `since` field.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
 
-    /// The record's line, fields in xlock's order (a record starts with `{"xlock":`).
-    pub fn json(&self) -> String {
-        let quoted = |s: &str| serde_json::Value::from(s).to_string();
-        format!(
-            "{{\"xlock\":1,\"pid\":{},\"start\":{},\"pidns\":{},\"boot\":{},\"host\":{},\"nonce\":{},\"since\":{},\"cmd\":\"planted by a test\"}}\n",
-            self.pid,
-            self.start,
-            quoted(&self.pidns),
-            quoted(&self.boot),
-            quoted(&self.host),
-            quoted(&self.nonce),
-            quoted(&humantime::format_rfc3339_millis(self.since).to_string()),
-        )
-    }
-
+/// Planting records: what tests do with them beyond `Record`'s own methods.
+pub trait Plant {
+    /// The record's line, as xlock writes it.
+    fn text(&self) -> String;
     /// Writes the record at `path`.
-    pub fn plant(&self, path: &Path) {
-        fs::write(path, self.json()).unwrap();
+    fn plant(&self, path: &Path);
+}
+
+impl Plant for Record {
+    fn text(&self) -> String {
+        String::from_utf8(self.to_line()).unwrap()
+    }
+
+    fn plant(&self, path: &Path) {
+        fs::write(path, self.to_line()).unwrap();
     }
 }
 
-/// Field 22 of /proc/PID/stat, if the process exists.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
+/// The record at `path`, parsed as xlock parses it.
+pub fn read_record(path: &Path) -> Record {
+    let bytes = fs::read(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    Record::parse(&bytes)
+        .unwrap_or_else(|why| panic!("{}: {why}: {:?}", path.display(), String::from_utf8_lossy(&bytes)))
 }
 
 /// The PID of a process that has ended and been reaped.

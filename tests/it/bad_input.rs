@@ -1,15 +1,14 @@
 //! Bad input (SPEC §6): every case exits 125 with one line naming the path (or value)
 //! and the reason, and leaves every file exactly as it was, byte for byte.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Asserts the one-line `xlock: ...` error of exit 125, containing each of `needles`.
 fn assert_fails(out: &Output, needles: &[&str]) {
@@ -32,18 +31,17 @@ fn run_on(t: Mode, lock: &Path) -> Output {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let started = Instant::now();
+    let (done, ended) = mpsc::channel::<()>();
+    // Kills xlock if it has not ended within 10 s.
     let watchdog = std::thread::spawn(move || {
-        while started.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-            if !process_alive(pid) {
-                return false;
-            }
+        let hung = ended.recv_timeout(Duration::from_secs(10)).is_err();
+        if hung {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        true
+        hung
     });
     let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
     assert!(!watchdog.join().unwrap(), "xlock hung on {}", lock.display());
     out
 }

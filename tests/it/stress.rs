@@ -6,9 +6,7 @@
 //! the line without kernel locks).
 //!
 //! Size: `XLOCK_STRESS_WORKERS` (default 8) × `XLOCK_STRESS_RUNS` (default 100); raise
-//! them for a longer opt-in run, e.g. `XLOCK_STRESS_RUNS=2000 cargo test --test stress`.
-
-mod common;
+//! them for a longer opt-in run, e.g. `XLOCK_STRESS_RUNS=2000 cargo test --test it stress::`.
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -19,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 

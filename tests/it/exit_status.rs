@@ -1,14 +1,12 @@
 //! Exit status (SPEC §3) through the real binary: the child's code passed through,
 //! 126/127 for exec failures, and death by the child's signal.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 
+use crate::common::*;
 use assert_cmd::Command;
-use common::*;
 use predicates::prelude::*;
 
 fn xlock_in(sandbox: &Sandbox) -> Command {
