@@ -1,0 +1,3 @@
+//! Integration tests, one binary (the lead merges this with the tests branch).
+
+mod completions;
