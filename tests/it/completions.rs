@@ -102,6 +102,8 @@ impl Shell {
 /// A directory to complete in: files db.lock and other.txt, a directory sub.
 struct Sandbox {
     dir: tempfile::TempDir,
+    /// HOME and XDG directories: no user configuration comes in.
+    home: tempfile::TempDir,
 }
 
 impl Sandbox {
@@ -110,10 +112,11 @@ impl Sandbox {
         std::fs::write(dir.path().join("db.lock"), "").unwrap();
         std::fs::write(dir.path().join("other.txt"), "").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        for home in [".home", ".config", ".data"] {
-            std::fs::create_dir(dir.path().join(home)).unwrap();
+        let home = tempfile::tempdir().expect("temp dir");
+        for sub in ["config", "data"] {
+            std::fs::create_dir(home.path().join(sub)).unwrap();
         }
-        Sandbox { dir }
+        Sandbox { dir, home }
     }
 
     /// What `shell` offers for `line` followed by TAB, with the cursor at the end;
@@ -139,22 +142,21 @@ impl Sandbox {
                 fish_quote(line)
             )),
         };
-        // xlock on PATH (fish loads the completions of commands it can find), and a
-        // home of the sandbox's own, so no user configuration comes in.
+        // xlock on PATH: fish loads the completions of commands it can find.
         let bin = Path::new(env!("CARGO_BIN_EXE_xlock")).parent().unwrap();
         let path = std::env::join_paths(
             std::iter::once(bin.to_path_buf())
                 .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
         )
         .unwrap();
-        let home = self.dir.path();
+        let home = self.home.path();
         let output = command
-            .current_dir(home)
+            .current_dir(self.dir.path())
             .env("PATH", path)
-            .env("HOME", home.join(".home"))
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".data"))
-            .env("TMPDIR", home.join(".home"))
+            .env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("TMPDIR", home)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", shell.name()));
         assert!(
