@@ -1,74 +1,102 @@
-_xlock() {
-    local i cur prev opts cmd
-    COMPREPLY=()
-    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
-        cur="$2"
-    else
-        cur="${COMP_WORDS[COMP_CWORD]}"
-    fi
-    prev="$3"
-    cmd=""
-    opts=""
+# bash completion for xlock(1)                              -*- shell-script -*-
+#
+#   xlock [OPTIONS] LOCK [--] COMMAND [ARG]...
+#   xlock [OPTIONS] LOCK -c 'SHELL COMMAND'
+#   xlock --status [--json] LOCK...
+#
+# Before LOCK: xlock's options (when the word starts with -) or, as LOCK, file names.
+# After LOCK: the command's name, then that command's own completion
+# (bash-completion's _command_offset), never xlock's options. After --status, every
+# word is a LOCK. Option values (-w, -E, --stale-after) complete nothing; -c completes
+# command names.
+#
+# Keep the option list in step with src/cli.rs: the drift test in
+# tests/it/completions.rs compares what this script offers with the CLI definition.
 
-    for i in "${COMP_WORDS[@]:0:COMP_CWORD}"
-    do
-        case "${cmd},${i}" in
-            ",$1")
-                cmd="xlock"
+_xlock()
+{
+    local cur prev words cword split
+    _init_completion -s || return
+
+    # Find LOCK: the first word that is neither an option nor an option's value.
+    # value: the option whose value the word at the cursor is.
+    local i word status_mode='' lock='' value=''
+    for ((i = 1; i < cword; i++)); do
+        word=${words[i]}
+        case $word in
+            --status)
+                status_mode=1
+                ;;
+            --timeout | --conflict-exit-code | --command | --stale-after)
+                ((++i == cword)) && value=$word
+                ;;
+            --)
+                lock=$((i + 1))
+                break
+                ;;
+            --*) ;;
+            -?*)
+                # A cluster of short options: a value-taking letter at its end takes
+                # the next word (-nw 5); one inside it takes the rest (-w5, -cecho).
+                local j
+                for ((j = 1; j < ${#word}; j++)); do
+                    if [[ ${word:j:1} == [wEc] ]]; then
+                        ((j == ${#word} - 1)) && ((++i == cword)) && value=-${word:j:1}
+                        break
+                    fi
+                done
                 ;;
             *)
+                lock=$i
+                break
                 ;;
         esac
     done
 
-    case "${cmd}" in
-        xlock)
-            opts="-w -n -E -c -v -q -o -e -x -h -V --timeout --nonblock --conflict-exit-code --command --verbose --quiet --close --exclusive --stale-after --status --json --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -w)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --conflict-exit-code)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -E)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --command)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -c)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --stale-after)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
+    if [[ $lock ]] && ((cword > lock)); then
+        # After LOCK: every word is a LOCK with --status, else the command.
+        if [[ $status_mode ]]; then
+            _filedir
+            return
+        fi
+        local first=$((lock + 1))
+        if [[ ${words[first]} == -- ]] && ((cword > first)); then
+            ((first++))
+        elif [[ ${words[first]} == -c ]] && ((cword == first + 1)); then
+            COMPREPLY=($(compgen -c -- "$cur"))
+            return
+        fi
+        # _command_offset counts in COMP_WORDS, where readline made each '=' a word
+        # of its own (--timeout = 5s); _init_completion joined them again in words.
+        local k=0 n=0 joined=''
+        for ((n = 0; k < first && n < ${#COMP_WORDS[@]}; n++)); do
+            joined+=${COMP_WORDS[n]}
+            [[ $joined == "${words[k]}" ]] && joined='' && ((++k))
+        done
+        _command_offset $n
+        return
+    fi
+
+    # With --opt=VALUE, _init_completion -s has put --opt in prev.
+    $split && value=$prev
+    case $value in
+        -w | --timeout | --stale-after | -E | --conflict-exit-code)
+            return
+            ;;
+        -c | --command)
+            COMPREPLY=($(compgen -c -- "$cur"))
+            return
             ;;
     esac
-}
 
-if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
-    complete -F _xlock -o nosort -o bashdefault -o default xlock
-else
-    complete -F _xlock -o bashdefault -o default xlock
-fi
+    if [[ $cur == -* && ! $lock ]]; then
+        COMPREPLY=($(compgen -W '-w --timeout -n --nonblock -E --conflict-exit-code
+            -c --command -v --verbose -q --quiet --close -o -x -e --exclusive
+            --stale-after --status --json -h --help -V --version' -- "$cur"))
+        return
+    fi
+    _filedir
+} &&
+    complete -F _xlock xlock
+
+# ex: filetype=sh

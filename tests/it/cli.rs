@@ -221,6 +221,29 @@ fn flock_spellings() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// `xlock L -n true` (an option after LOCK, a flock habit) runs a command named `-n`,
+/// which is not found: the message says that options come before LOCK.
+#[test]
+fn an_option_after_lock_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xlock(dir.path(), &["L", "-n", "true"]);
+    assert_eq!(out.status.code(), Some(127));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot run '-n'") && stderr.contains("options come before LOCK"),
+        "{stderr}"
+    );
+    // A command that is simply missing gets the usual advice, no hint.
+    let out = xlock(dir.path(), &["L", "no-such-command-xlock"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        text(&out.stderr).contains("check the name and PATH"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn help_shows_lock_and_command_as_required() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,10 +10,12 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod completions;
 mod evidence;
 mod exit_status;
 mod field;
 mod generated;
+mod idioms;
 mod protocol;
 mod pty;
 mod signals;
