@@ -114,11 +114,27 @@ COMMANDS = {
 }
 
 
+def barrier(directory):
+    """FIELDCASE_BARRIER=DIR: say "ready" (DIR/ready.PID), then wait for DIR/go, so
+    that workers started without a lock begin their work together however long each
+    took to start (the tests' control runs, which must show the collision)."""
+    with open(os.path.join(directory, f"ready.{os.getpid()}"), "w"):
+        pass
+    go = os.path.join(directory, "go")
+    give_up = time.monotonic() + 120  # never outlive a test that died
+    while not os.path.exists(go):
+        if time.monotonic() > give_up:
+            raise SystemExit(f"fieldcase: {go} never appeared")
+        time.sleep(0.0005)
+
+
 def main(args):
     command = COMMANDS.get(args[0]) if args else None
     if command is None or len(args) - 1 != command[1]:
         print(f"usage: see the top of {__file__}", file=sys.stderr)
         return 2
+    if os.environ.get("FIELDCASE_BARRIER"):
+        barrier(os.environ["FIELDCASE_BARRIER"])
     try:
         command[0](*args[1:])
     except Exception as err:  # noqa: BLE001 - every failure is reported the same way

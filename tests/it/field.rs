@@ -49,6 +49,32 @@ fn unlocked(args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// `fieldcase ARGS...` for each of `runs`, without a lock, started together: each
+/// waits at a barrier until all have started (Python's start-up takes long and varies
+/// under load, so without it they may run one after the other and never collide).
+/// The barrier is a directory in `sandbox`, which outlives the workers.
+fn unlocked_together(sandbox: &Sandbox, runs: &[Vec<&str>]) -> Vec<Child> {
+    let barrier = sandbox.path("barrier");
+    fs::create_dir(&barrier).unwrap();
+    let children: Vec<Child> = runs
+        .iter()
+        .map(|args| {
+            fieldcase()
+                .env("FIELDCASE_BARRIER", &barrier)
+                .args(args)
+                .stderr(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_until(Duration::from_secs(60), "every worker reached the barrier", || {
+        fs::read_dir(&barrier).unwrap().count() == runs.len()
+    });
+    fs::write(barrier.join("go"), "").unwrap();
+    children
+}
+
 /// Waits for all; returns the stderr of those that failed.
 fn failures(children: Vec<Child>) -> Vec<String> {
     children
@@ -84,11 +110,10 @@ fn sqlite_wal_initialisation_race() {
     assert_eq!(sqlite_check(&db), "mode=wal rows=0 distinct=0 integrity=ok");
 
     let bare = sandbox.path("bare.db");
-    let failed = failures(
-        (0..20)
-            .map(|_| unlocked(&["sqlite-init", bare.to_str().unwrap()]))
-            .collect(),
-    );
+    let failed = failures(unlocked_together(
+        &sandbox,
+        &vec![vec!["sqlite-init", bare.to_str().unwrap()]; 20],
+    ));
     assert!(
         failed.iter().any(|f| f.contains("database is locked")),
         "without a lock no worker collided: the workload cannot show the failure"
@@ -176,10 +201,13 @@ fn read_modify_write_of_a_shared_index() {
     assert!(failures(with_lock).is_empty());
     assert_eq!(json_index_entries(&index), expected, "entries were lost under xlock");
 
-    let without: Vec<Child> = expected
-        .iter()
-        .map(|entry| unlocked(&["json-append", bare.to_str().unwrap(), entry]))
-        .collect();
+    let without = unlocked_together(
+        &sandbox,
+        &expected
+            .iter()
+            .map(|entry| vec!["json-append", bare.to_str().unwrap(), entry.as_str()])
+            .collect::<Vec<_>>(),
+    );
     // Without a lock, updates are lost, or two writers' bytes mix (a torn file, which
     // the next reader fails to parse): either shows the failure.
     let errors = failures(without);

@@ -44,9 +44,15 @@ impl Pty {
             .stdin(slave.try_clone().unwrap())
             .stdout(slave.try_clone().unwrap())
             .stderr(slave);
-        // SAFETY: setsid and ioctl are async-signal-safe and allocate nothing.
+        // SAFETY: setsid, signal and ioctl are async-signal-safe and allocate nothing.
         unsafe {
             command.pre_exec(|| {
+                // A new terminal session starts with default dispositions, whatever the
+                // test runner inherited (under nohup, SIGHUP is ignored, and an xlock
+                // started with a signal ignored keeps it ignored: SPEC §5).
+                for signal in [nix::libc::SIGHUP, nix::libc::SIGINT, nix::libc::SIGQUIT] {
+                    nix::libc::signal(signal, nix::libc::SIG_DFL);
+                }
                 nix::unistd::setsid()?;
                 if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
