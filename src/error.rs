@@ -39,18 +39,53 @@ pub fn locks_unsupported(err: &io::Error) -> bool {
 
 /// An error of creating our lock file `lock` in `dir`, with what to do about it.
 pub fn create_error(lock: impl Display, dir: &Path, err: io::Error) -> anyhow::Error {
-    let dir = dir.display();
+    let shown = dir.display();
     let reason = match err.raw_os_error() {
-        Some(libc::ENOENT) => format!("the directory {dir} does not exist; create it first"),
-        Some(libc::ENOTDIR) => format!("{dir} is not a directory; check the LOCK path"),
+        // ENOENT also comes from file systems that refuse new files (/proc): say
+        // "does not exist" only when it does not.
+        Some(libc::ENOENT) if !dir.is_dir() => format!("the directory {shown} does not exist; create it first"),
+        Some(libc::ENOENT) => format!(
+            "the directory {shown} exists but does not allow creating files there (a virtual file system such as \
+             /proc or /sys?); put LOCK in a directory on a disk or a tmpfs, e.g. /run/lock or /tmp"
+        ),
+        Some(libc::ENOTDIR) => format!("{shown} is not a directory; check the LOCK path"),
         Some(libc::EACCES | libc::EPERM) => {
-            format!("no permission to create files in {dir}; use a LOCK path in a directory you can write")
+            format!("no permission to create files in {shown}; use a LOCK path in a directory you can write")
         }
-        Some(libc::EROFS) => format!("{dir} is on a read-only file system; put LOCK on a writable one"),
-        Some(libc::ENOSPC | libc::EDQUOT) => format!("no room for the lock record in {dir}; free some space"),
+        Some(libc::EROFS) => format!("{shown} is on a read-only file system; put LOCK on a writable one"),
+        Some(libc::ENOSPC | libc::EDQUOT) => format!("no room for the lock record in {shown}; free some space"),
         _ => io_reason(&err),
     };
     anyhow!("cannot create the lock file {lock}: {reason}")
+}
+
+/// Why a stale lock file cannot be replaced by this user: it belongs to `who` (a user
+/// name and uid, or a uid), and its directory `dir` is sticky, where only the file's
+/// owner or root may rename over or remove it (SPEC §6).
+pub fn sticky_reason(lock: impl Display, dir: &Path, who: &str) -> String {
+    format!(
+        "its file belongs to {who}, and {} is a sticky directory (like /tmp or /run/lock), where only \
+         the file's owner or root may replace or remove it; ask its owner or root to remove {lock}. For a lock \
+         that several users share, use a group-owned setgid directory without the sticky bit, e.g. \
+         'install -d -m 2775 -g GROUP /var/lock/myapp'",
+        dir.display()
+    )
+}
+
+/// A stale lock that this user may not replace, and why (see [`sticky_reason`]).
+pub fn takeover_refused(lock: impl Display, why: &str) -> anyhow::Error {
+    anyhow!("cannot take over the stale lock {lock}: {why}")
+}
+
+/// A LOCK whose file name (`len` bytes) leaves no room for the side names a take-over
+/// makes next to it (`extra` bytes more) within the file system's `name_max`.
+pub fn name_too_long(lock: impl Display, len: usize, extra: usize, name_max: usize) -> anyhow::Error {
+    anyhow!(
+        "cannot use {lock} as LOCK: its file name is {len} bytes long, and xlock allows at most {}, because \
+         to take the lock over after a crash it makes files named .NAME.<nonce>-<n>.xlock-claim next to it \
+         ({extra} bytes more), which must fit the file system's limit of {name_max} bytes; use a shorter file name",
+        name_max - extra
+    )
 }
 
 /// An error of reading another holder's lock file, with what to do about it.

@@ -3,7 +3,9 @@
 //! inner xlock must run its command at once instead of waiting for its own ancestor.
 //!
 //! The command gets `XLOCK_PATH` (the absolute lock path) and `XLOCK_HELD`: one line
-//! per lock its xlock ancestors hold, `NONCE PATH`. An inner xlock gets a free pass
+//! per lock its xlock ancestors hold, `NONCE PATH`, where PATH is written with `\\`
+//! for a backslash and `\n` for a newline, so any path (any bytes) fits on its line
+//! and every held lock is listed (SPEC §6). An inner xlock gets a free pass
 //! only if the record now at LOCK carries one of those nonces: a nonce is unique to
 //! one acquisition, so an entry left over from an earlier acquisition (a daemon that
 //! outlived its lock) or made up by hand gives none.
@@ -51,12 +53,9 @@ impl Inherited {
     /// this xlock, or by an ancestor when nested).
     pub fn child_env(&self, path: &Path, nonce: &str) -> [(&'static str, OsString); 2] {
         let mut held: Vec<Vec<u8>> = self.0.clone();
-        // A path with a newline cannot be listed; the nonce check does not need it.
-        if !held.iter().any(|line| &line[..NONCE_LEN] == nonce.as_bytes())
-            && !path.as_os_str().as_bytes().contains(&b'\n')
-        {
+        if !held.iter().any(|line| &line[..NONCE_LEN] == nonce.as_bytes()) {
             let mut line = format!("{nonce} ").into_bytes();
-            line.extend_from_slice(path.as_os_str().as_bytes());
+            line.extend(escape(path.as_os_str().as_bytes()));
             held.push(line);
         }
         [
@@ -66,9 +65,24 @@ impl Inherited {
     }
 }
 
+/// A path as written in `XLOCK_HELD`: `\\` for a backslash, `\n` for a newline, every
+/// other byte as it is (non-UTF-8 too: the environment takes any byte but NUL).
+fn escape(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &byte in path {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(byte),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     const A: &str = "0123456789abcdef0123456789abcdef";
     const B: &str = "fedcba9876543210fedcba9876543210";
@@ -93,5 +107,16 @@ mod tests {
         // Nested on the ancestor's own lock: nothing new to add.
         let [_, (_, again)] = reparsed.child_env(Path::new("/tmp/b.lock"), B);
         assert_eq!(again, held);
+    }
+
+    #[test]
+    fn every_path_is_listed_on_one_line() {
+        let path = OsStr::from_bytes(b"/tmp/a\nb\\n\xff.lock");
+        let [(_, raw), (_, held)] = Inherited::default().child_env(Path::new(path), A);
+        assert_eq!(raw, path, "XLOCK_PATH is the path itself");
+        let mut expected = format!("{A} ").into_bytes();
+        expected.extend_from_slice(b"/tmp/a\\nb\\\\n\xff.lock");
+        assert_eq!(held.as_bytes(), expected);
+        assert!(Inherited::parse(held.as_bytes()).holds(A));
     }
 }

@@ -93,13 +93,30 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             };
             (Verdict::Held, text, Value::Object(object))
         }
-        HolderState::Stale(why) => {
+        HolderState::Stale { why, blocked: None } => {
             let mut object = record_object(record, "stale");
             object.insert("stale_because".into(), why.to_string().into());
             (
                 Verdict::Free,
                 format!(
                     "{shown}: stale (holder pid {} {why}): the next acquirer takes it over",
+                    record.pid
+                ),
+                Value::Object(object),
+            )
+        }
+        // A run by this user would fail (exit 125): so does its status.
+        HolderState::Stale {
+            why,
+            blocked: Some(blocked),
+        } => {
+            let mut object = record_object(record, "stale");
+            object.insert("stale_because".into(), why.to_string().into());
+            object.insert("takeover_blocked".into(), blocked.clone().into());
+            (
+                Verdict::Error,
+                format!(
+                    "{shown}: stale (holder pid {} {why}), but this user cannot take it over: {blocked}",
                     record.pid
                 ),
                 Value::Object(object),

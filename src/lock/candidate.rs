@@ -251,7 +251,7 @@ impl Candidate {
                 temp
             }
         };
-        fs::rename(&temp, &lock.path).map_err(|err| create_error(lock.shown(), &lock.dir, err))?;
+        fs::rename(&temp, &lock.path).map_err(|err| lock.replace_error(err))?;
         self.temp.forget();
         Ok(())
     }

@@ -7,11 +7,12 @@
 //! longer than `--stale-after` between its check and its rename) is documented in
 //! docs/design.md.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::time::SystemTime;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 use nix::libc;
@@ -21,7 +22,7 @@ use super::path::{id_of, is_at, link_fd, LockPath, SideFile, CLAIM_SUFFIX};
 use super::theirs::{open_record, Found, TheirFile};
 use super::Request;
 use crate::error::{create_error, read_error};
-use crate::liveness::{Locking, Verdict};
+use crate::liveness::{Identity, Locking, Verdict};
 
 /// No-locks take-over of `theirs` (SPEC §4.3): only the waiter that creates the claim
 /// name for the stale record's nonce may replace it, by renaming that claim (a hard
@@ -77,7 +78,13 @@ pub(super) fn claim_stale(
         }
         return Ok(false);
     }
-    fs::rename(&claim, &lock.path).map_err(create_error)?;
+    if let Err(err) = fs::rename(&claim, &lock.path) {
+        // Not ours to replace (a sticky directory): leave no claim behind either.
+        if is_at(&claim, ours.file_id).unwrap_or(false) {
+            let _ = fs::remove_file(&claim);
+        }
+        return Err(lock.replace_error(err));
+    }
     // The claims below ours were left by dead claimers of this record, now gone.
     for below in 0..level {
         let _ = fs::remove_file(lock.claim_name(&theirs.record.nonce, below));
@@ -106,44 +113,104 @@ pub(super) fn sweep(lock: &LockPath, req: &Request<'_>, locking: Locking) {
             Some(SideFile::Claim { stale }) if at_lock.as_ref().is_some_and(|n| n.as_bytes() == stale) => continue,
             Some(_) => {}
         }
-        let path = entry.path();
-        let orphan = match locking {
-            Locking::Kernel => {
-                let Ok(file) = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-                    .open(&path)
-                else {
-                    continue;
-                };
-                match file.metadata() {
-                    Ok(meta) if meta.is_file() && file.try_lock().is_ok() => Some(id_of(&meta)),
-                    _ => None,
+        sweep_one(&entry.path(), locking, req.me, req.stale_after, &mut || {});
+    }
+}
+
+/// Removes the side file at `path` if its creator is dead. `judged` runs between the
+/// judgement and the removal: a test's hook, to play a creator in that moment.
+///
+/// With kernel locks, the sweeper keeps the file's flock until the name is checked
+/// and removed: a creator caught between `open(O_EXCL)` and `flock()` gets its flock
+/// only after that, so its re-check of its name sees the truth (issue 13, item 6; the
+/// first version dropped the flock first, and the sweep could remove a name that its
+/// creator had just found to be its own).
+fn sweep_one(path: &Path, locking: Locking, me: &Identity, stale_after: Duration, judged: &mut dyn FnMut()) {
+    let mut flocked: Option<File> = None;
+    let orphan = match locking {
+        Locking::Kernel => {
+            let Ok(file) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(path)
+            else {
+                return;
+            };
+            match file.metadata() {
+                Ok(meta) if meta.is_file() && file.try_lock().is_ok() => {
+                    flocked = Some(file);
+                    Some(id_of(&meta))
                 }
+                _ => None,
             }
-            Locking::RecordOnly => match open_record(&path) {
-                Ok(Found::Record(temp)) => match temp.verdict(req.me, Locking::RecordOnly, req.stale_after) {
-                    Ok(Verdict::Stale(_)) => Some(temp.file_id),
-                    _ => None,
-                },
-                Ok(Found::Foreign(_)) => fs::symlink_metadata(&path)
-                    .ok()
-                    .filter(|meta| {
-                        meta.is_file()
-                            && meta
-                                .modified()
-                                .ok()
-                                .and_then(|m| m.elapsed().ok())
-                                .is_some_and(|age| age >= req.stale_after)
-                    })
-                    .map(|meta| id_of(&meta)),
+        }
+        Locking::RecordOnly => match open_record(path) {
+            Ok(Found::Record(temp)) => match temp.verdict(me, Locking::RecordOnly, stale_after) {
+                Ok(Verdict::Stale(_)) => Some(temp.file_id),
                 _ => None,
             },
-        };
-        if let Some(id) = orphan {
-            if is_at(&path, id).unwrap_or(false) {
-                let _ = fs::remove_file(&path);
+            Ok(Found::Foreign(_)) => fs::symlink_metadata(path)
+                .ok()
+                .filter(|meta| {
+                    meta.is_file()
+                        && meta
+                            .modified()
+                            .ok()
+                            .and_then(|m| m.elapsed().ok())
+                            .is_some_and(|age| age >= stale_after)
+                })
+                .map(|meta| id_of(&meta)),
+            _ => None,
+        },
+    };
+    judged();
+    if let Some(id) = orphan {
+        if is_at(path, id).unwrap_or(false) {
+            let _ = fs::remove_file(path);
+        }
+    }
+    drop(flocked); // only now may a creator get its flock and re-check its name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, item 6: a creator that takes its flock after the sweeper judged its
+    /// file an orphan, and then finds its name, must be able to trust that name.
+    #[test]
+    fn a_sweep_never_removes_a_temp_file_whose_creator_holds_its_flock() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = LockPath::new(&dir.path().join("t.lock")).unwrap();
+        let me = Identity::current().unwrap();
+        // The creator, between open(O_EXCL) and flock(): its file is not locked yet.
+        let temp = lock.temp_name("0123456789abcdef0123456789abcdef");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .unwrap();
+        let id = id_of(&file.metadata().unwrap());
+        let mut creator_trusts_its_name = false;
+        sweep_one(&temp, Locking::Kernel, &me, Duration::from_secs(30), &mut || {
+            // Between the sweeper's judgement and its removal, the creator takes its
+            // flock and re-checks its name, as `Candidate::create_locked` does.
+            if file.try_lock().is_ok() {
+                creator_trusts_its_name = is_at(&temp, id).unwrap();
             }
+        });
+        if creator_trusts_its_name {
+            assert!(
+                is_at(&temp, id).unwrap(),
+                "the sweep removed {} after its creator had taken its flock and found its name",
+                temp.display()
+            );
+        } else {
+            // The creator gets its flock only after the sweep, finds its name gone, and
+            // starts again: the orphan (as judged) was swept.
+            file.lock().unwrap();
+            assert!(!temp.exists(), "an unlocked temp file was not swept");
         }
     }
 }

@@ -57,7 +57,10 @@ pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> 
         Verdict::Alive(_) => held(Vec::new()),
         Verdict::Stale(why) => State::Holders(vec![Holder {
             record: theirs.record.clone(),
-            state: HolderState::Stale(why),
+            state: HolderState::Stale {
+                why,
+                blocked: lock.sticky_block(),
+            },
         }]),
     })
 }

@@ -191,8 +191,9 @@ pub enum HolderState {
     /// Held: by a live xlock, or, if `orphans` is not empty, by the command tree of an
     /// xlock that died (these processes, PID and name, still have the file open).
     Held { orphans: Vec<(i32, String)> },
-    /// The holder is gone; the next acquirer takes the lock over.
-    Stale(Stale),
+    /// The holder is gone; the next acquirer takes the lock over, unless `blocked`
+    /// says why this user cannot (another user's file in a sticky directory).
+    Stale { why: Stale, blocked: Option<String> },
 }
 
 #[cfg(test)]

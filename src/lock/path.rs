@@ -5,6 +5,11 @@
 //! is renamed over a stale one) and, without kernel locks, claims
 //! (`.NAME.STALE-LEVEL.xlock-claim`) on a stale record. A file is told apart from
 //! another by its (device, inode).
+//!
+//! Those names are up to [`SIDE_NAME_EXTRA`] bytes longer than LOCK's own file name,
+//! so a name that leaves no room for them is refused up front (SPEC §6), not after the
+//! first crash. In a sticky directory, a stale lock file of another user cannot be
+//! replaced; [`LockPath::sticky_block`] says so, for the take-over and for `--status`.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -16,11 +21,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use nix::fcntl::{AtFlags, AT_FDCWD};
+use nix::libc;
+
+use crate::error::{create_error, name_too_long, sticky_reason, takeover_refused};
 
 /// Suffix of the temporary names in LOCK's directory.
 const TEMP_SUFFIX: &str = ".xlock-tmp";
 /// Suffix of the claim names of a no-locks take-over.
 pub(super) const CLAIM_SUFFIX: &str = ".xlock-claim";
+/// The longest file name Linux file systems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+/// How many bytes the longest side name adds to LOCK's file name: a claim,
+/// `.NAME.<32 hex digits>-999.xlock-claim` (claims stop at level 999); a temp name,
+/// `.NAME.<nonce>.xlock-tmp`, adds less.
+const SIDE_NAME_EXTRA: usize = ".".len() + ".".len() + 32 + "-999".len() + CLAIM_SUFFIX.len();
+/// The longest LOCK file name whose side names all fit in [`NAME_MAX`].
+pub const MAX_NAME_LEN: usize = NAME_MAX - SIDE_NAME_EXTRA;
 
 /// A file's (device, inode).
 pub(super) type FileId = (u64, u64);
@@ -47,6 +63,9 @@ impl LockPath {
         };
         let name = path.file_name().expect("checked by cli").to_os_string();
         let dir = path.parent().expect("checked by cli").to_path_buf();
+        if name.len() > MAX_NAME_LEN {
+            return Err(name_too_long(given.display(), name.len(), SIDE_NAME_EXTRA, NAME_MAX));
+        }
         Ok(LockPath {
             given: given.to_path_buf(),
             path,
@@ -93,6 +112,62 @@ impl LockPath {
     pub(super) fn shown(&self) -> String {
         self.given.display().to_string()
     }
+
+    /// An error of replacing the stale file at LOCK with ours (`rename()` over it).
+    pub(super) fn replace_error(&self, err: io::Error) -> anyhow::Error {
+        if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+            if let Some(why) = self.sticky_block() {
+                return takeover_refused(self.shown(), &why);
+            }
+        }
+        create_error(self.shown(), &self.dir, err)
+    }
+
+    /// Why this user cannot replace or remove the file at LOCK, if that is so because
+    /// LOCK's directory is sticky (as /tmp and /run/lock are) and the file is another
+    /// user's: there only the file's owner, the directory's owner or root (CAP_FOWNER)
+    /// may rename over it or unlink it, so `rename()` gives EPERM.
+    pub(super) fn sticky_block(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = fs::metadata(&self.dir).ok()?;
+        if dir.permissions().mode() & libc::S_ISVTX == 0 {
+            return None;
+        }
+        let owner = fs::symlink_metadata(&self.path).ok()?.uid();
+        let me = nix::unistd::geteuid().as_raw();
+        if owner == me || dir.uid() == me || has_cap_fowner() {
+            return None;
+        }
+        let who = match user_name(owner) {
+            Some(name) => format!("user {name} (uid {owner})"),
+            None => format!("uid {owner}"),
+        };
+        Some(sticky_reason(self.shown(), &self.dir, &who))
+    }
+}
+
+/// Whether this process has CAP_FOWNER (root has), which overrides the sticky bit.
+fn has_cap_fowner() -> bool {
+    const CAP_FOWNER: u32 = 3;
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return nix::unistd::geteuid().is_root();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_FOWNER) != 0)
+}
+
+/// The name of user `uid`, from /etc/passwd (xlock is linked statically, without NSS:
+/// users known only to LDAP and the like are shown by uid).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse() == Ok(uid)).then(|| name.to_owned())
+    })
 }
 
 /// A file next to LOCK that xlock made.

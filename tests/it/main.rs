@@ -9,6 +9,7 @@
 mod common;
 
 mod bad_input;
+mod bad_input_files;
 mod cli;
 mod completions;
 mod evidence;
@@ -16,6 +17,7 @@ mod exit_status;
 mod field;
 mod generated;
 mod idioms;
+mod nesting_paths;
 mod protocol;
 mod pty;
 mod signals;
