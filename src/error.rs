@@ -4,7 +4,7 @@
 //! the same way wherever it happens.
 //!
 //! A leaf module: it knows nothing of locks or records, only paths (as shown to the
-//! user) and errors. Errors are `anyhow::Error`s, printed once at the top as
+//! user, through `escape`) and errors. Errors are `anyhow::Error`s, printed once at the top as
 //! `xlock: <message>` (see `report::error`).
 
 use std::fmt::Display;
@@ -39,7 +39,7 @@ pub fn locks_unsupported(err: &io::Error) -> bool {
 
 /// An error of creating our lock file `lock` in `dir`, with what to do about it.
 pub fn create_error(lock: impl Display, dir: &Path, err: io::Error) -> anyhow::Error {
-    let shown = dir.display();
+    let shown = crate::escape::path(dir);
     let reason = match err.raw_os_error() {
         // ENOENT also comes from file systems that refuse new files (/proc): say
         // "does not exist" only when it does not.

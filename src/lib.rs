@@ -16,6 +16,7 @@
 #[doc(hidden)]
 pub mod cli;
 mod error;
+mod escape;
 mod exit;
 #[doc(hidden)]
 pub mod liveness;

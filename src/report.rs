@@ -12,6 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::escape;
 use crate::liveness::Stale;
 use crate::record::Record;
 
@@ -44,7 +45,7 @@ impl Reporter {
     pub fn new(verbosity: Verbosity, lock: &Path) -> Reporter {
         Reporter {
             verbosity,
-            lock: lock.display().to_string(),
+            lock: escape::path(lock),
             terminal: std::cell::OnceCell::new(),
             wait_began: Cell::new(None),
             notice_shown: Cell::new(false),
@@ -76,12 +77,13 @@ impl Reporter {
         if !self.notice_wanted() || began.elapsed() < NOTICE_AFTER {
             return;
         }
-        let text = format!("waiting for {} (held by {})…", self.lock, holder_text(holder));
+        let holder = Holder::of(holder);
         if self.terminal() {
-            let shown: String = format!("xlock: {text}").chars().take(terminal_width() - 1).collect();
+            let shown = notice_line(&self.lock, &holder, terminal_width());
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K{shown}");
             self.notice_shown.set(true);
         } else if !self.notice_shown.replace(true) {
+            let text = notice_text(&self.lock, &holder.text(Some(&holder.cmd)));
             line(format_args!("{text}"));
         }
     }
@@ -107,9 +109,9 @@ impl Reporter {
             "took over stale {} {} (host {}, since {}): {}",
             self.lock,
             why.taken_from(dead),
-            dead.host,
-            dead.since,
-            dead.cmd
+            escape::text(&dead.host),
+            escape::text(&dead.since),
+            escape::text(&dead.cmd)
         ));
     }
 
@@ -117,7 +119,7 @@ impl Reporter {
     pub fn no_kernel_locks(&self, dir: &Path, switch: &str) {
         self.verbose(format_args!(
             "{} has no file locks (or {switch}=1): deciding by the holder's record and polling",
-            dir.display(),
+            escape::path(dir),
         ));
     }
 
@@ -159,12 +161,95 @@ impl Reporter {
     }
 }
 
-/// `pid 4242 'make deploy' on build-3 for 3m12s`
+/// `pid 4242 'make deploy' on build-3 for 3m12s`: the holder, as the busy line, the
+/// waiting notice and `-v` name it. See [`Holder`].
 pub fn holder_text(holder: &Record) -> String {
-    let age = age(holder)
-        .map(|age| format!(" for {}", compact(age)))
-        .unwrap_or_default();
-    format!("pid {} '{}' on {}{age}", holder.pid, holder.cmd, holder.host)
+    let holder = Holder::of(holder);
+    holder.text(Some(&holder.cmd))
+}
+
+/// A holder as xlock shows it: its record's text escaped ([`escape`]), its command
+/// between delimiters that the command does not contain, so that a command with
+/// quotes of its own reads plainly: `'make deploy'`, `"sh -c 'echo hi'"`, or, with
+/// both kinds of quotes, `` `sh -c 'echo "hi"'` ``.
+struct Holder {
+    pid: i32,
+    cmd: String,
+    delimiter: char,
+    host: String,
+    /// ` for 3m12s`, or nothing if `since` is not a time.
+    age: String,
+}
+
+impl Holder {
+    fn of(record: &Record) -> Holder {
+        let cmd = escape::text(&record.cmd).into_owned();
+        let delimiter = ['\'', '"', '`']
+            .into_iter()
+            .find(|quote| !cmd.contains(*quote))
+            .unwrap_or('`');
+        Holder {
+            pid: record.pid,
+            delimiter,
+            cmd,
+            host: escape::text(&record.host).into_owned(),
+            age: age(record)
+                .map(|age| format!(" for {}", compact(age)))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `pid 4242 'CMD' on build-3 for 3m12s`, with `cmd` for the command (`None`: none).
+    fn text(&self, cmd: Option<&str>) -> String {
+        let cmd = cmd
+            .map(|cmd| format!(" {0}{cmd}{0}", self.delimiter))
+            .unwrap_or_default();
+        format!("pid {}{cmd} on {}{}", self.pid, self.host, self.age)
+    }
+}
+
+/// `waiting for db.lock (held by HOLDER)…`
+fn notice_text(lock: &str, holder: &str) -> String {
+    format!("waiting for {lock} (held by {holder})…")
+}
+
+/// The waiting notice as a terminal `columns` wide shows it: one line of at most
+/// `columns - 1` characters (a character in the last column makes some terminals
+/// wrap). What does not fit gives way in this order: the command (cut, with an
+/// ellipsis, then left out), then the start of the lock path, then the lock and the
+/// word "waiting" (`xlock: held by pid 4242 on build-3 for 3m12s…`): the holder's pid,
+/// host and age stay. Only a terminal too narrow for even those loses the line's end.
+/// Characters are counted as columns (wide characters in a command may take two).
+fn notice_line(lock: &str, holder: &Holder, columns: usize) -> String {
+    let max = columns.saturating_sub(1);
+    let len = |text: &str| text.chars().count();
+    let line = |lock: &str, cmd: Option<&str>| format!("xlock: {}", notice_text(lock, &holder.text(cmd)));
+    let whole = line(lock, Some(&holder.cmd));
+    if len(&whole) <= max {
+        return whole;
+    }
+    let without_cmd = line(lock, None);
+    // The command takes ` 'CMD'` in the line: 3 more than its own length. Cut, it
+    // keeps at least one character and the ellipsis.
+    let room = max.saturating_sub(len(&without_cmd) + 3);
+    if room >= 2 {
+        let cut: String = holder.cmd.chars().take(room - 1).chain(['…']).collect();
+        return line(lock, Some(&cut));
+    }
+    let over = len(&without_cmd).saturating_sub(max);
+    if over == 0 {
+        return without_cmd;
+    }
+    // Keep the end of the path (the lock's name), after an ellipsis.
+    let lock_len = len(lock);
+    if lock_len > over + 1 {
+        let tail: String = lock.chars().skip(over + 1).collect();
+        return line(&format!("…{tail}"), None);
+    }
+    format!("xlock: held by {}…", holder.text(None))
+        .chars()
+        .take(max)
+        .collect()
 }
 
 /// How long the record's holder has held the lock.
@@ -192,9 +277,12 @@ fn terminal_width() -> usize {
     }
 }
 
-/// Prints `xlock: <message>` on stderr. A closed stderr is not worth dying for.
+/// Prints `xlock: <message>` on stderr, as one line of plain text: control characters
+/// that reach it (from a path or a record that a caller did not escape) are escaped
+/// here too. A closed stderr is not worth dying for.
 pub fn line(args: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "xlock: {args}");
+    let text = args.to_string();
+    let _ = writeln!(std::io::stderr().lock(), "xlock: {}", escape::text(&text));
 }
 
 /// Prints an error once, on one line.
@@ -223,5 +311,85 @@ mod tests {
         };
         let text = holder_text(&record);
         assert!(text.starts_with("pid 4242 'make deploy' on build-3 for 3m1"), "{text}");
+    }
+
+    fn record(cmd: &str, host: &str, age: u64) -> Record {
+        let since = SystemTime::now() - Duration::from_secs(age);
+        Record {
+            xlock: 1,
+            pid: 4242,
+            start: 1,
+            pidns: String::new(),
+            boot: String::new(),
+            host: host.into(),
+            nonce: "0".repeat(32),
+            since: humantime::format_rfc3339_millis(since).to_string(),
+            cmd: cmd.into(),
+        }
+    }
+
+    #[test]
+    fn commands_with_quotes_get_other_delimiters() {
+        let text = |cmd: &str| holder_text(&record(cmd, "h", 5));
+        assert_eq!(text("make deploy"), "pid 4242 'make deploy' on h for 5s");
+        assert_eq!(text("sh -c 'echo hi'"), r#"pid 4242 "sh -c 'echo hi'" on h for 5s"#);
+        assert_eq!(
+            text(r#"sh -c 'echo "hi"'"#),
+            r#"pid 4242 `sh -c 'echo "hi"'` on h for 5s"#
+        );
+        assert_eq!(text("a\nb\x1b"), "pid 4242 'a\\nb\\x1b' on h for 5s");
+        assert_eq!(
+            text("a\n'b\x1b"),
+            "pid 4242 \"a\\n'b\\x1b\" on h for 5s",
+            "escaped first"
+        );
+    }
+
+    #[test]
+    fn the_notice_fits_the_terminal_command_first() {
+        let holder = Holder::of(&record("sh -c 'make deploy && make smoke-test'", "build-3", 192));
+        let lock = "/var/lock/deploy.lock";
+        let at = |columns: usize| {
+            let line = notice_line(lock, &holder, columns);
+            assert!(line.chars().count() < columns.max(1), "{columns} columns: {line:?}");
+            line
+        };
+        let whole = r#"xlock: waiting for /var/lock/deploy.lock (held by pid 4242 "sh -c 'make deploy && make smoke-test'" on build-3 for 3m12s)…"#;
+        assert_eq!(at(200), whole);
+        assert_eq!(at(whole.chars().count() + 1), whole);
+        assert_eq!(
+            at(whole.chars().count()),
+            r#"xlock: waiting for /var/lock/deploy.lock (held by pid 4242 "sh -c 'make deploy && make smoke-tes…" on build-3 for 3m12s)…"#
+        );
+        assert_eq!(
+            at(97),
+            r#"xlock: waiting for /var/lock/deploy.lock (held by pid 4242 "sh -c 'make…" on build-3 for 3m12s)…"#
+        );
+        // One character of the command is the least worth showing.
+        assert_eq!(
+            at(87),
+            r#"xlock: waiting for /var/lock/deploy.lock (held by pid 4242 "s…" on build-3 for 3m12s)…"#
+        );
+        let without_command = "xlock: waiting for /var/lock/deploy.lock (held by pid 4242 on build-3 for 3m12s)…";
+        assert_eq!(at(86), without_command);
+        assert_eq!(at(82), without_command);
+        // Then the start of the path gives way.
+        assert_eq!(
+            at(81),
+            "xlock: waiting for …ar/lock/deploy.lock (held by pid 4242 on build-3 for 3m12s)…"
+        );
+        assert_eq!(
+            at(70),
+            "xlock: waiting for …loy.lock (held by pid 4242 on build-3 for 3m12s)…"
+        );
+        assert_eq!(at(63), "xlock: waiting for …k (held by pid 4242 on build-3 for 3m12s)…");
+        // Then the lock and the word "waiting".
+        assert_eq!(at(62), "xlock: held by pid 4242 on build-3 for 3m12s…");
+        assert_eq!(at(46), "xlock: held by pid 4242 on build-3 for 3m12s…");
+        // Too narrow for pid, host and age: the end goes.
+        assert_eq!(at(40), "xlock: held by pid 4242 on build-3 for ");
+        assert_eq!(at(2), "x");
+        assert_eq!(at(1), "");
+        assert_eq!(at(0), "");
     }
 }

@@ -6,10 +6,12 @@
 //! of them for shared locks and slots (SPEC §9).
 
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use crate::escape;
 use crate::lock::{Holder, HolderState, State};
 use crate::record::Record;
 use crate::report::{age, compact, error};
@@ -26,13 +28,13 @@ pub enum Verdict {
 /// object (one per holder), on stdout (an error also on stderr). Says how it bears on
 /// the exit status: the worst of its holders.
 pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> Verdict {
-    let shown = lock.display().to_string();
+    let shown = escape::path(lock);
     let lines: Vec<(Verdict, String, Value)> = match state {
         Ok(State::Free) => vec![(Verdict::Free, format!("{shown}: free"), json!({"state": "free"}))],
         Ok(State::Holders(holders)) => holders.iter().map(|holder| holder_line(&shown, holder)).collect(),
         Ok(State::Foreign(why)) => vec![(
             Verdict::Error,
-            format!("{shown}: foreign file: {why}; not an xlock lock file"),
+            format!("{shown}: foreign file: {}; not an xlock lock file", escape::text(why)),
             json!({"state": "foreign", "reason": why}),
         )],
         Err(err) => {
@@ -50,11 +52,15 @@ pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> Ve
         worst = worst.max(verdict);
         if json {
             if let Some(map) = object.as_object_mut() {
-                map.insert("lock".into(), shown.clone().into());
+                // JSON strings are Unicode: a path that is not UTF-8 comes as bytes too.
+                map.insert("lock".into(), lock.to_string_lossy().into());
+                if lock.to_str().is_none() {
+                    map.insert("lock_bytes".into(), lock.as_os_str().as_bytes().into());
+                }
             }
-            let _ = writeln!(out, "{object}");
+            let _ = writeln!(out, "{}", escape::json(&object.to_string()));
         } else if !text.is_empty() {
-            let _ = writeln!(out, "{text}");
+            let _ = writeln!(out, "{}", escape::text(&text));
         }
     }
     worst
@@ -68,26 +74,23 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             let mut object = record_object(record, "held");
             let since = match age(record) {
                 Some(age) => format!("since {} (for {})", record.since, compact(age)),
-                None => format!("since {}", record.since),
+                None => format!("since {}", escape::text(&record.since)),
             };
+            let host = escape::text(&record.host);
+            let cmd = escape::text(&record.cmd);
             object.insert("holder_alive".into(), orphans.is_empty().into());
             let text = if orphans.is_empty() {
-                format!(
-                    "{shown}: held by pid {} (host {}) {since}: {}",
-                    record.pid, record.host, record.cmd
-                )
+                format!("{shown}: held by pid {} (host {host}) {since}: {cmd}", record.pid)
             } else {
                 let pids: Vec<i32> = orphans.iter().map(|(pid, _)| *pid).collect();
                 object.insert("command_pids".into(), pids.into());
                 let running: Vec<String> = orphans
                     .iter()
-                    .map(|(pid, name)| format!("pid {pid} ({name})"))
+                    .map(|(pid, name)| format!("pid {pid} ({})", escape::text(name)))
                     .collect();
                 format!(
-                    "{shown}: held by the command of pid {} (host {}) {since}: {}; that xlock died, but its command still runs: {}",
+                    "{shown}: held by the command of pid {} (host {host}) {since}: {cmd}; that xlock died, but its command still runs: {}",
                     record.pid,
-                    record.host,
-                    record.cmd,
                     running.join(", ")
                 )
             };

@@ -9,6 +9,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -59,13 +60,7 @@ pub fn run(job: &Job<'_>, guard: Option<&dyn Guard>, signals: &Signals) -> Resul
     let exec = Exec::new(&job.argv, job.env, job.death, job.inherit, signals.child_reset())?;
     let pid = match exec.spawn() {
         Ok(pid) => pid,
-        Err(err) => {
-            return Ok(spawn_failure(
-                &job.argv[0].to_string_lossy(),
-                &err,
-                job.not_found_hint.as_deref(),
-            ))
-        }
+        Err(err) => return Ok(spawn_failure(job.argv[0], &err, job.not_found_hint.as_deref())),
     };
     let session_leader = getsid(None).is_ok_and(|sid| sid == getpid());
     let mut timers = Timers::new(guard);
@@ -162,13 +157,14 @@ impl<'g> Timers<'g> {
 
 /// 127 if the command was not found, 126 if it could not be executed, 125 if xlock
 /// could not start it (out of processes or descriptors).
-fn spawn_failure(shown: &str, err: &io::Error, not_found_hint: Option<&str>) -> Exit {
+fn spawn_failure(program: &OsStr, err: &io::Error, not_found_hint: Option<&str>) -> Exit {
     let (exit, what) = match err.raw_os_error() {
         Some(libc::ENOENT) => (
             Exit::NotFound,
-            match not_found_hint {
-                Some(hint) => format!("command not found; {hint}"),
-                None => "command not found; check the name and PATH".to_owned(),
+            match (missing_interpreter(program), not_found_hint) {
+                (Some(interpreter), _) => interpreter,
+                (None, Some(hint)) => format!("command not found; {hint}"),
+                (None, None) => "command not found; check the name and PATH".to_owned(),
             },
         ),
         Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => (Exit::Failure, error::io_reason(err)),
@@ -178,8 +174,57 @@ fn spawn_failure(shown: &str, err: &io::Error, not_found_hint: Option<&str>) -> 
         ),
         _ => (Exit::CannotExecute, err.to_string()),
     };
+    let shown = crate::escape::bytes(program.as_bytes());
     report::line(format_args!("cannot run '{shown}': {what}"));
     exit
+}
+
+/// Exec says ENOENT also of a program that exists, when the interpreter its `#!` line
+/// names does not: says which, if that is the case.
+fn missing_interpreter(program: &OsStr) -> Option<String> {
+    use std::io::Read;
+    use std::path::Path;
+    let file = find_program(program)?;
+    let mut head = Vec::with_capacity(256);
+    // The kernel reads at most 256 bytes of a `#!` line (BINPRM_BUF_SIZE).
+    std::fs::File::open(file).ok()?.take(256).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
+    // As the kernel reads it: blanks, the interpreter, then at most one argument.
+    let interpreter = line.split(|&b| b == b' ' || b == b'\t').find(|word| !word.is_empty())?;
+    let path = Path::new(OsStr::from_bytes(interpreter));
+    if path.exists() {
+        return None; // something else is missing (its own interpreter, a loader)
+    }
+    let remedy = if interpreter.ends_with(b"\r") {
+        "the script has Windows line endings (CRLF); convert it, e.g. with dos2unix"
+    } else {
+        "install it or fix the script's #! line"
+    };
+    Some(format!(
+        "its interpreter {} was not found; {remedy}",
+        crate::escape::path(path)
+    ))
+}
+
+/// The file that execvpe(3) runs for `program`: the program itself if it has a slash,
+/// else the first regular file of that name in PATH (glibc's default PATH if unset).
+fn find_program(program: &OsStr) -> Option<std::path::PathBuf> {
+    let name = program.as_bytes();
+    if name.contains(&b'/') {
+        return Some(program.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    path.as_bytes()
+        .split(|&b| b == b':')
+        .map(|dir| {
+            let dir = if dir.is_empty() {
+                OsStr::new(".")
+            } else {
+                OsStr::from_bytes(dir)
+            };
+            std::path::Path::new(dir).join(program)
+        })
+        .find(|candidate| candidate.is_file())
 }
 
 #[cfg(test)]

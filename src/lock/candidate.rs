@@ -163,7 +163,7 @@ impl Candidate {
         }
         bail!(
             "temporary files in {} keep disappearing; is something cleaning that directory?",
-            lock.dir.display()
+            crate::escape::path(&lock.dir)
         )
     }
 
@@ -221,8 +221,8 @@ impl Candidate {
                 if !self.temp_name_is_ours() {
                     bail!(
                         "the temporary file {} was removed under xlock; is something cleaning {}?",
-                        temp.display(),
-                        lock.dir.display()
+                        crate::escape::path(temp),
+                        crate::escape::path(&lock.dir)
                     );
                 }
                 fs::hard_link(temp, &lock.path)

@@ -42,7 +42,7 @@ pub(super) fn claim_stale(
             bail!(
                 "cannot take over the stale lock {}: 1000 claims on it were left by dead xlocks; remove the .*{CLAIM_SUFFIX} files in {}",
                 lock.shown(),
-                lock.dir.display()
+                crate::escape::path(&lock.dir)
             );
         }
         let claim = lock.claim_name(&theirs.record.nonce, level);

@@ -22,7 +22,7 @@ pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> 
         bail!(
             "cannot inspect {}: the directory {} does not exist",
             lock.shown(),
-            lock.dir.display()
+            crate::escape::path(&lock.dir)
         );
     }
     let theirs = match open_record(&lock.path).map_err(|err| read_error(lock.shown(), err))? {

@@ -108,9 +108,9 @@ impl LockPath {
         (nonce.len() == 32 && nonce.iter().all(u8::is_ascii_hexdigit)).then_some(side)
     }
 
-    /// LOCK as the user gave it, for messages.
+    /// LOCK as the user gave it, for messages (escaped: [`crate::escape::path`]).
     pub(super) fn shown(&self) -> String {
-        self.given.display().to_string()
+        crate::escape::path(&self.given)
     }
 
     /// An error of replacing the stale file at LOCK with ours (`rename()` over it).
