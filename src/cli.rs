@@ -62,7 +62,8 @@ pub struct Cli {
     #[arg(short = 'E', long = "conflict-exit-code", value_name = "N", default_value_t = Exit::DEFAULT_BUSY)]
     pub conflict_exit_code: u8,
 
-    /// Run STR with /bin/sh -c
+    /// Run STR with /bin/sh -c (always /bin/sh, not $SHELL as flock(1) does; for another
+    /// shell: xlock LOCK bash -c STR)
     #[arg(short = 'c', long = "command", value_name = "STR")]
     pub shell: Option<OsString>,
 
@@ -230,8 +231,8 @@ fn check_lock_path(lock: &std::path::Path) -> Result<(), String> {
     if !names_a_file {
         return Err(format!(
             "LOCK '{}' names a directory, not a file; give a file path such as '{}/xlock.lock'",
-            lock.display(),
-            lock.display().to_string().trim_end_matches('/')
+            crate::escape::path(lock),
+            crate::escape::path(lock).trim_end_matches('/')
         ));
     }
     Ok(())

@@ -377,7 +377,7 @@ impl Raw {
                     "xlock takes the path of a lock file, not a file descriptor ('{}' as in flock {0}); \
                      run the commands under the lock instead: xlock /var/lock/NAME.lock -c 'COMMANDS' \
                      (or xlock /var/lock/NAME.lock ./script)",
-                    lock.display()
+                    crate::escape::path(&lock)
                 ))
             }
             (None, true) => {
