@@ -31,6 +31,12 @@ pub fn io_reason(err: &io::Error) -> String {
     format!("{reason}{remedy}")
 }
 
+/// What xlock prints on stdout (`--help`, `--version`, `--status`) could not be
+/// written (a full disk, a closed pipe with SIGPIPE ignored).
+pub fn stdout_error(err: &io::Error) -> String {
+    format!("cannot write to standard output: {}", io_reason(err))
+}
+
 /// Whether a lock call failed because the file system has no locks at all (some NFS,
 /// SMB and FUSE mounts).
 pub fn locks_unsupported(err: &io::Error) -> bool {

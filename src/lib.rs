@@ -31,6 +31,7 @@ mod status;
 mod supervise;
 
 use std::ffi::{OsStr, OsString};
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
@@ -56,8 +57,14 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
             Exit::Failure
         }),
         Ok(Parsed::Print(text)) => {
-            print!("{text}");
-            Exit::Success
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => Exit::Success,
+                Err(err) => {
+                    report::line(format_args!("{}", error::stdout_error(&err)));
+                    Exit::Failure
+                }
+            }
         }
         Err(message) => {
             report::line(format_args!("{message}"));
@@ -190,7 +197,9 @@ fn status(query: &cli::StatusQuery) -> Result<Exit> {
     let mut worst = status::Verdict::Free;
     for lock in &query.locks {
         let state = FileLock::new(lock).and_then(|kind| kind.inspect(&me, query.stale_after));
-        worst = worst.max(status::print_state(lock, &state, query.json));
+        let verdict =
+            status::print_state(lock, &state, query.json).map_err(|err| anyhow::anyhow!(error::stdout_error(&err)))?;
+        worst = worst.max(verdict);
     }
     Ok(match worst {
         status::Verdict::Free => Exit::Success,

@@ -26,8 +26,8 @@ pub enum Verdict {
 
 /// Prints what `--status` found for one lock: a line (one per holder), or one JSON
 /// object (one per holder), on stdout (an error also on stderr). Says how it bears on
-/// the exit status: the worst of its holders.
-pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> Verdict {
+/// the exit status: the worst of its holders. An error writing stdout is returned.
+pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> std::io::Result<Verdict> {
     let shown = escape::path(lock);
     let lines: Vec<(Verdict, String, Value)> = match state {
         Ok(State::Free) => vec![(Verdict::Free, format!("{shown}: free"), json!({"state": "free"}))],
@@ -58,12 +58,13 @@ pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> Ve
                     map.insert("lock_bytes".into(), lock.as_os_str().as_bytes().into());
                 }
             }
-            let _ = writeln!(out, "{}", escape::json(&object.to_string()));
+            writeln!(out, "{}", escape::json(&object.to_string()))?;
         } else if !text.is_empty() {
-            let _ = writeln!(out, "{}", escape::text(&text));
+            writeln!(out, "{}", escape::text(&text))?;
         }
     }
-    worst
+    out.flush()?;
+    Ok(worst)
 }
 
 /// One holder of the lock `shown`: its verdict, line and JSON object.

@@ -303,3 +303,35 @@ fn huge_timeouts_never_panic() {
         assert!(text(&out.stderr).contains("--timeout"), "{}", text(&out.stderr));
     }
 }
+
+/// What xlock prints on stdout (`--help`, `--version`, `--status`) cannot be written
+/// (a full disk, /dev/full): exit 125 with one line saying so, never a panic or abort
+/// (exit 101/134), never exit 0 with the report lost.
+#[test]
+fn unwritable_stdout_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["--help"][..],
+        &["-h"][..],
+        &["-V"][..],
+        &["--status", "L"][..],
+        &["--status", "--json", "L", "M"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlock"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let (code, _, stderr) = seen(&out);
+        assert_eq!(code, Some(125), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("xlock: ") && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("standard output") && stderr.contains("No space left"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
