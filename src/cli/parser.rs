@@ -248,6 +248,9 @@ impl Raw {
             k += 1;
             if spec.value.is_none() {
                 self.set(spec, None, false)?;
+                if self.print.is_some() {
+                    break; // -h or -V: the rest of the cluster is not read (-hV, -hZ)
+                }
                 continue;
             }
             // The rest of the word is the value (`-w5`, and `-w=5` as clap reads it),

@@ -463,3 +463,25 @@ fn misplaced_options_get_a_hint() {
         assert_eq!(hint(other), None, "{other}");
     }
 }
+
+/// In a cluster, the first of -h and -V wins and ends the reading, as it does as a
+/// word of its own (`-h -Z`) and in clap and flock(1): `-hV` is help, `-hZ` is not
+/// an unknown option, `-hw` needs no value.
+#[test]
+fn help_or_version_in_a_cluster_ends_the_reading() {
+    let version = format!("xlock {}\n", env!("CARGO_PKG_VERSION"));
+    for cluster in ["-hV", "-hZ", "-hw", "-nhw"] {
+        assert!(
+            matches!(parsed(&[cluster]), Ok(Parsed::Print(ref text)) if text.contains("<LOCK>")),
+            "{cluster}: {:?}",
+            parsed(&[cluster])
+        );
+    }
+    for cluster in ["-Vh", "-VZ", "-xVE"] {
+        assert!(
+            matches!(parsed(&[cluster]), Ok(Parsed::Print(ref text)) if *text == version),
+            "{cluster}: {:?}",
+            parsed(&[cluster])
+        );
+    }
+}
