@@ -62,8 +62,9 @@ _xlock()
         local first=$((lock + 1))
         if [[ ${words[first]} == -- ]] && ((cword > first)); then
             ((first++))
-        elif [[ ${words[first]} == -c ]] && ((cword == first + 1)); then
-            COMPREPLY=($(compgen -c -- "$cur"))
+        elif [[ ${words[first]} == -c ]] && ((cword > first)); then
+            # LOCK -c STR: STR is a shell command; nothing can follow it.
+            ((cword == first + 1)) && COMPREPLY=($(compgen -c -- "$cur"))
             return
         fi
         # _command_offset counts in COMP_WORDS, where readline made each '=' a word

@@ -13,8 +13,8 @@
 # tests/it/completions.rs compares what this script offers with the CLI definition.
 
 # Where the cursor is: "options" (LOCK not given yet), "status" (after a LOCK, with
-# --status) or "command" (after LOCK). For "command", also prints the words from
-# COMMAND on, the current one included, one per line.
+# --status) or "command" (after LOCK). For "command", also prints the words after
+# LOCK (an optional -- included), the current one included, one per line.
 function __xlock_where
     set -l words (commandline -opc)
     set -l n (count $words)
@@ -49,11 +49,7 @@ function __xlock_where
         echo status
     else
         echo command
-        set -l rest $words[(math $i + 1)..-1] (commandline -ct)
-        if test "x$rest[1]" = x-- -a (count $rest) -gt 1
-            set -e rest[1]
-        end
-        printf '%s\n' $rest
+        printf '%s\n' $words[(math $i + 1)..-1] (commandline -ct)
     end
 end
 
@@ -62,11 +58,18 @@ function __xlock_at
 end
 
 function __xlock_complete_command
-    set -l where (__xlock_where)
-    if test "x$where[2]" = x-c -a (count $where) -eq 3
-        __fish_complete_command
-    else if not string match -q -- '-*' $where[2]
-        __fish_complete_subcommand --commandline $where[2..-1]
+    set -l rest (__xlock_where)[2..-1]
+    # LOCK -c STR: STR is a shell command, and nothing can follow it; after LOCK --,
+    # -c is a program's name.
+    if test "x$rest[1]" = x-c -a (count $rest) -gt 1
+        test (count $rest) -eq 2; and __fish_complete_command
+        return
+    end
+    if test "x$rest[1]" = x-- -a (count $rest) -gt 1
+        set -e rest[1]
+    end
+    if not string match -q -- '-*' $rest[1]
+        __fish_complete_subcommand --commandline $rest
     end
 end
 

@@ -340,3 +340,16 @@ fn after_status_every_word_is_a_lock() {
         failures
     })
 }
+
+/// `LOCK -c STR` as the last two words is the shell form: STR completes as a command
+/// name, and nothing can follow it. After `LOCK --`, `-c` is a program's name
+/// (SPEC §1: `xlock LOCK -- -c x` runs a program named -c), not the shell form.
+#[test]
+fn shell_form_only_as_the_two_words_after_lock() {
+    for_each_shell(|sandbox, shell| {
+        let mut failures = offers(sandbox, shell, "xlock L -c ech", &["echo"], &[]);
+        failures.extend(offers(sandbox, shell, "xlock L -- -c ech", &[], &["echo"]));
+        failures.extend(offers(sandbox, shell, "xlock L -c 'ls' o", &[], &["other.txt"]));
+        failures
+    })
+}
