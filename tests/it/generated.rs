@@ -122,3 +122,28 @@ fn man_page_matches_the_cli() {
         stale.join(", ")
     );
 }
+
+/// README's commands for building the Debian package are the ones `.ci/run` runs:
+/// a plain `cargo deb` cannot find the binary (it ignores the build target that
+/// .cargo/config.toml sets), so both must pass `--target`.
+#[test]
+fn readme_builds_the_package_as_ci_does() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let ci = fs::read_to_string(root.join(".ci/run")).unwrap();
+    let deb_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("cargo deb") || line.contains("$(cargo deb"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (readme_lines, ci_lines) = (deb_lines(&readme), deb_lines(&ci));
+    assert!(!ci_lines.is_empty() && !readme_lines.is_empty());
+    for line in readme_lines.iter().chain(&ci_lines) {
+        assert!(
+            line.contains("--target \"$(rustc -vV | sed -n 's/^host: //p')\"") || line.contains("--target \"$host\""),
+            "builds the package without --target (cargo-deb then misses the binary): {line}"
+        );
+    }
+}
