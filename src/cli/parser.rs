@@ -443,6 +443,14 @@ fn flock_hint(option: &str) -> Option<&'static str> {
              the lock and pass on the command's status when it ends; drop -F \
              (to leave no shell waiting, exec xlock LOCK COMMAND)",
         ),
+        "--wait" => Some(
+            "flock's --wait is spelt -w or --timeout in xlock: xlock -w DUR LOCK COMMAND \
+             (DUR: seconds, or 250ms, 5s, 1m30s)",
+        ),
+        "-u" | "--unlock" => Some(
+            "xlock has no -u/--unlock: the lock is released when the command ends; \
+             run the commands that need it under xlock: xlock LOCK COMMAND",
+        ),
         _ => None,
     }
 }

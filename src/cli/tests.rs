@@ -485,3 +485,21 @@ fn help_or_version_in_a_cluster_ends_the_reading() {
         );
     }
 }
+
+/// flock(1)'s other long spellings, a habit when switching: `--wait` (its alias of
+/// `--timeout`) and `-u/--unlock` say what to write instead of "unknown option".
+#[test]
+fn flock_wait_and_unlock_get_a_hint() {
+    for (args, needle) in [
+        (&["--wait", "5", "L", "true"][..], "xlock -w DUR LOCK COMMAND"),
+        (&["--wait=5", "L", "true"][..], "--timeout"),
+        (&["-u", "9"][..], "released when the command ends"),
+        (&["--unlock", "9"][..], "released when the command ends"),
+    ] {
+        let err = error(args);
+        assert!(
+            err.contains(needle) && !err.contains("unknown option"),
+            "{args:?}: {err}"
+        );
+    }
+}
