@@ -145,11 +145,10 @@ fn execute_with<K: Kind>(
         report: &report,
         stale_after: config.stale_after,
     };
-    let started = std::time::Instant::now();
     let held = match kind.acquire(&request, record)? {
         Acquired::Held(held) => held,
         Acquired::Busy(holder) => {
-            let waited = (config.wait != cli::Wait::Upto(std::time::Duration::ZERO)).then(|| started.elapsed());
+            let waited = (config.wait != cli::Wait::Upto(std::time::Duration::ZERO)).then(|| deadline.elapsed());
             report.busy(holder.as_ref(), waited);
             return Ok(Exit::Busy(config.busy_exit));
         }

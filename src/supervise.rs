@@ -168,6 +168,11 @@ fn spawn_failure(program: &OsStr, err: &io::Error, not_found_hint: Option<&str>)
             },
         ),
         Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM) => (Exit::Failure, error::io_reason(err)),
+        // execvpe says EACCES of a directory too.
+        Some(libc::EACCES) if find_program(program).is_some_and(|path| path.is_dir()) => (
+            Exit::CannotExecute,
+            "it is a directory; name a program or script to run".to_owned(),
+        ),
         Some(libc::EACCES) => (
             Exit::CannotExecute,
             "permission denied; is it executable (chmod +x)?".to_owned(),

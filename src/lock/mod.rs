@@ -125,22 +125,34 @@ pub enum Inherit {
     Nothing,
 }
 
-/// When waiting ends.
+/// When waiting ends, and when it began (the time a "timed out after" message counts).
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline(Option<Instant>);
+pub struct Deadline {
+    began: Instant,
+    end: Option<Instant>,
+}
 
 impl Deadline {
     /// `None`: wait forever; `Some(ZERO)`: try once.
     pub fn after(wait: Option<Duration>) -> Deadline {
-        Deadline(wait.and_then(|d| Instant::now().checked_add(d)))
+        let began = Instant::now();
+        Deadline {
+            began,
+            end: wait.and_then(|d| began.checked_add(d)),
+        }
+    }
+
+    /// How long since the wait began.
+    pub fn elapsed(self) -> Duration {
+        self.began.elapsed()
     }
 
     fn end(self) -> Option<Instant> {
-        self.0
+        self.end
     }
 
     fn remaining(self) -> Option<Duration> {
-        self.0.map(|end| end.saturating_duration_since(Instant::now()))
+        self.end.map(|end| end.saturating_duration_since(Instant::now()))
     }
 
     fn passed(self) -> bool {

@@ -87,3 +87,29 @@ fn a_missing_command_is_still_not_found() {
         "{stderr}"
     );
 }
+
+/// A directory given as the command: exec says EACCES, and xlock says what it is, not
+/// "is it executable".
+#[test]
+fn a_directory_as_the_command_is_told_so() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("subdir");
+    fs::create_dir(&dir).unwrap();
+    let assert = Command::new(xlock_bin())
+        .arg(sandbox.lock())
+        .arg(&dir)
+        .assert()
+        .code(126);
+    let stderr = stderr_of(&assert);
+    assert!(stderr.contains("it is a directory"), "{stderr}");
+    assert!(!stderr.contains("chmod"), "{stderr}");
+    // A file without the x bit still gets the chmod advice.
+    let plain = sandbox.path("plain.sh");
+    fs::write(&plain, "echo hi\n").unwrap();
+    let assert = Command::new(xlock_bin())
+        .arg(sandbox.lock())
+        .arg(&plain)
+        .assert()
+        .code(126);
+    assert!(stderr_of(&assert).contains("chmod +x"));
+}

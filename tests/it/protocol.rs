@@ -140,7 +140,16 @@ fn timeout_expires(t: Mode) {
             took >= Duration::from_millis(300) && took < Duration::from_secs(2),
             "-w {timeout} took {took:?}"
         );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+        // The time it reports is at least the timeout asked for (it counts from the
+        // deadline's start, not from when the waiting began).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reported: f64 = stderr
+            .split("timed out after ")
+            .nth(1)
+            .and_then(|rest| rest.split('s').next())
+            .and_then(|secs| secs.parse().ok())
+            .unwrap_or_else(|| panic!("no 'timed out after N.NNNs' in: {stderr}"));
+        assert!(reported >= 0.3, "-w {timeout} reported {reported}s: {stderr}");
     }
     holder.kill(Signal::SIGTERM);
     holder.wait();
