@@ -52,13 +52,24 @@ fn exclusion_holds_while_trees_are_killed_at_random(t: Mode) {
     // fd 9, like the command lock's descriptor, goes to every process of the tree; the
     // flock taken through it lives while any of them has it. flock(1) is a step the
     // killer may hit too: then it is run again (on the same open file description, a
-    // second flock is no conflict); only its "busy" (1) is an overlap. Each step is a
-    // process of its own that spins a few milliseconds.
-    let spin = "i=0; while [ $i -lt 200 ]; do i=$((i+1)); done";
+    // second flock is no conflict). Busy (1) is an overlap if another process still
+    // has the witness open. If none has, its holder has closed all its descriptors and
+    // is only finishing its exit: when two processes of a tree exit at once, the
+    // kernel may drop the command lock in one's exit before the witness's flock in the
+    // other's (each drops what it closed last), so the witness can be a moment late.
+    // That is counted as LATE, and tried again. Each step is a shell running a program
+    // for 20 ms: long enough that a step left running by an early release is seen.
+    let step = "sleep 0.02";
     let section = format!(
-        "exec 9>>'{w}'; while :; do flock -n 9; taken=$?; [ $taken -gt 128 ] || break; done; \
+        "exec 9>>'{w}'; \
+         while :; do \
+           flock -n 9; taken=$?; [ $taken -gt 128 ] && continue; [ $taken = 1 ] || break; \
+           others=$(exec 9>&-; find /proc/[0-9]*/fd -maxdepth 1 -lname '{w}' 2>/dev/null | grep -v \"^/proc/$$/\"); \
+           [ -z \"$others\" ] || {{ echo \"OVERLAP $$ (witness held by $others)\" >> '{l}'; exit {OVERLAP}; }}; \
+           echo \"LATE $$\" >> '{l}'; \
+         done; \
          [ $taken = 0 ] || {{ echo \"OVERLAP $$ (flock: $taken)\" >> '{l}'; exit {OVERLAP}; }}; \
-         echo \"S $$\" >> '{l}'; sh -c '{spin}'; sh -c '{spin}'; echo \"E $$\" >> '{l}'",
+         echo \"S $$\" >> '{l}'; sh -c '{step}'; sh -c '{step}'; echo \"E $$\" >> '{l}'",
         w = witness.display(),
         l = log.display()
     );
@@ -164,7 +175,7 @@ fn exclusion_holds_while_trees_are_killed_at_random(t: Mode) {
 
     let text = fs::read_to_string(&log).unwrap_or_default();
     let count = |word: &str| text.lines().filter(|l| l.starts_with(word)).count();
-    let (sections, overlaps) = (count("S "), count("OVERLAP "));
+    let (sections, overlaps, late) = (count("S "), count("OVERLAP "), count("LATE "));
     let messages = fs::read_to_string(&messages).unwrap_or_default();
     let takeovers = messages.matches("took over stale").count();
     let kills: Vec<usize> = kills.iter().map(|k| k.load(Ordering::Relaxed)).collect();
@@ -174,7 +185,7 @@ fn exclusion_holds_while_trees_are_killed_at_random(t: Mode) {
         .map(|(what, n)| format!("{n} {what}"))
         .collect();
     eprintln!(
-        "{t:?}: {} runs, {succeeded} succeeded, {sections} sections, kills: {}; {takeovers} take-overs, {overlaps} overlaps",
+        "{t:?}: {} runs, {succeeded} succeeded, {sections} sections, kills: {}; {takeovers} take-overs, {overlaps} overlaps, {late} late witness releases",
         workers * runs,
         shown.join(", ")
     );
