@@ -144,6 +144,6 @@ pub fn lost_at_release(lock: impl Display) -> anyhow::Error {
 pub fn lost_while_running(lock: impl Display) -> String {
     format!(
         "lost the lock {lock}: its file was removed or replaced while the command ran, so another process \
-         may run at the same time; sending SIGTERM to the command. Check what removes files there (a /tmp cleaner?)"
+         may run at the same time; sending SIGTERM to the command and every process it started. Check what removes files there (a /tmp cleaner?)"
     )
 }

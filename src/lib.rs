@@ -29,6 +29,7 @@ mod signals;
 mod spawn;
 mod status;
 mod supervise;
+mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -39,7 +40,7 @@ use nix::sys::signal::Signal;
 use crate::cli::{CommandSpec, Config, Parsed};
 use crate::exit::Exit;
 use crate::liveness::Identity;
-use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Request};
+use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Released, Request};
 use crate::record::Record;
 use crate::report::Reporter;
 use crate::signals::Signals;
@@ -147,9 +148,9 @@ fn execute_with<K: Kind>(
     };
     let held = match kind.acquire(&request, record)? {
         Acquired::Held(held) => held,
-        Acquired::Busy(holder) => {
+        Acquired::Busy(holder, command) => {
             let waited = (config.wait != cli::Wait::Upto(std::time::Duration::ZERO)).then(|| deadline.elapsed());
-            report.busy(holder.as_ref(), waited);
+            report.busy(holder.as_ref(), &command, waited);
             return Ok(Exit::Busy(config.busy_exit));
         }
         Acquired::Interrupted(signal) => return Ok(Exit::Signaled(signal)),
@@ -173,9 +174,11 @@ fn execute_with<K: Kind>(
         }
         Err(err) => Err(err),
     };
-    let released = held.release();
-    if released.is_ok() {
-        report.released();
+    let released = held.release(report.is_verbose());
+    match &released {
+        Ok(Released::Removed | Released::WasLost) => report.released(),
+        Ok(Released::LeftToCommand(processes)) => report.left_to_command(processes),
+        Err(_) => {}
     }
     match (outcome, released) {
         (Ok(exit), Ok(_)) => Ok(exit),

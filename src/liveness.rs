@@ -283,25 +283,32 @@ fn boot_time() -> Option<SystemTime> {
 /// /proc/*/fd is the way to tell who keeps a lock file. Other users' processes are
 /// visible only to root.
 pub(crate) fn processes_writing(id: (u64, u64)) -> Vec<(i32, String)> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids = procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()));
+    processes_writing_among(id, pids)
+}
+
+/// As [`processes_writing`], among the processes `pids` only (xlock's own tree).
+pub(crate) fn processes_writing_among(id: (u64, u64), pids: impl IntoIterator<Item = i32>) -> Vec<(i32, String)> {
     use std::os::unix::fs::MetadataExt;
     let me = std::process::id() as i32;
     let mut found = Vec::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return found };
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in pids {
         if pid == me {
             continue;
         }
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
         let has_it = fds.flatten().any(|fd| {
             fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == id) && opened_for_writing(pid, &fd.file_name())
         });
         if has_it {
-            let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             found.push((pid, name.trim().to_owned()));
         }
     }

@@ -70,14 +70,16 @@ impl Reporter {
     }
 
     /// Called when a wait begins and then at every tick: shows the waiting notice
-    /// once the wait has lasted [`NOTICE_AFTER`], and keeps it current.
-    pub fn waiting(&self, holder: &Record) {
+    /// once the wait has lasted [`NOTICE_AFTER`], and keeps it current. `command`
+    /// finds the processes of the holder's command that keep the lock after its xlock
+    /// has ended (called only when the notice is shown: it may scan /proc).
+    pub fn waiting(&self, holder: &Record, command: impl FnOnce() -> Vec<(i32, String)>) {
         let began = self.wait_began.get().unwrap_or_else(Instant::now);
         self.wait_began.set(Some(began));
         if !self.notice_wanted() || began.elapsed() < NOTICE_AFTER {
             return;
         }
-        let holder = Holder::of(holder);
+        let holder = Holder::of(holder, &command());
         if self.terminal() {
             let shown = notice_line(&self.lock, &holder, terminal_width());
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K{shown}");
@@ -136,13 +138,37 @@ impl Reporter {
         self.verbose(format_args!("released {}", self.lock));
     }
 
-    /// The lock could not be had in time (not with `-q`).
-    pub fn busy(&self, holder: Option<&Record>, waited: Option<Duration>) {
+    /// Whether `-v` lines are printed (so that the processes they name are worth
+    /// finding).
+    pub fn is_verbose(&self) -> bool {
+        self.verbosity == Verbosity::Verbose
+    }
+
+    /// `-v`: the command has ended, but processes it started still have the command
+    /// lock's descriptor: the lock is left to them (SPEC §4.5).
+    pub fn left_to_command(&self, processes: &[(i32, String)]) {
+        let whom = if processes.is_empty() {
+            "processes of the command that still have it".to_owned()
+        } else {
+            format!(
+                "processes of the command that still have it: {}",
+                processes_text(processes)
+            )
+        };
+        self.verbose(format_args!(
+            "left {} to {whom}; it is free once they have ended (use --close for a command that starts daemons)",
+            self.lock
+        ));
+    }
+
+    /// The lock could not be had in time (not with `-q`). `command`: the processes of
+    /// the holder's command that keep the lock after its xlock has ended.
+    pub fn busy(&self, holder: Option<&Record>, command: &[(i32, String)], waited: Option<Duration>) {
         if self.verbosity == Verbosity::Quiet {
             return;
         }
         let by = holder
-            .map(|h| format!(" (held by {})", holder_text(h)))
+            .map(|h| format!(" (held by {})", holder_text(h, command)))
             .unwrap_or_default();
         match waited {
             None => line(format_args!("{} is busy{by}", self.lock)),
@@ -162,10 +188,29 @@ impl Reporter {
 }
 
 /// `pid 4242 'make deploy' on build-3 for 3m12s`: the holder, as the busy line, the
-/// waiting notice and `-v` name it. See [`Holder`].
-pub fn holder_text(holder: &Record) -> String {
-    let holder = Holder::of(holder);
+/// waiting notice and `-v` name it. See [`Holder`]. Once that xlock has ended and
+/// processes of its command (`command`) keep the lock: `...; its xlock has ended, its
+/// command's processes still hold it: pid 4300 (sleep)`.
+pub fn holder_text(holder: &Record, command: &[(i32, String)]) -> String {
+    let holder = Holder::of(holder, command);
     holder.text(Some(&holder.cmd))
+}
+
+/// At most this many processes are named in one line; the rest are counted.
+const PROCESSES_SHOWN: usize = 4;
+
+/// `pid 4300 (sleep), pid 4301 (sh)`, and `and 3 more` past [`PROCESSES_SHOWN`]
+/// (names escaped: a process names itself).
+fn processes_text(processes: &[(i32, String)]) -> String {
+    let mut text: Vec<String> = processes
+        .iter()
+        .take(PROCESSES_SHOWN)
+        .map(|(pid, name)| format!("pid {pid} ({})", escape::text(name)))
+        .collect();
+    if processes.len() > PROCESSES_SHOWN {
+        text.push(format!("and {} more", processes.len() - PROCESSES_SHOWN));
+    }
+    text.join(", ")
 }
 
 /// A holder as xlock shows it: its record's text escaped ([`escape`]), its command
@@ -179,10 +224,13 @@ struct Holder {
     host: String,
     /// ` for 3m12s`, or nothing if `since` is not a time.
     age: String,
+    /// `; its xlock has ended, its command's processes still hold it: pid 4300
+    /// (sleep)`, or nothing while its xlock runs.
+    tree: String,
 }
 
 impl Holder {
-    fn of(record: &Record) -> Holder {
+    fn of(record: &Record, command: &[(i32, String)]) -> Holder {
         let cmd = escape::text(&record.cmd).into_owned();
         let delimiter = ['\'', '"', '`']
             .into_iter()
@@ -196,15 +244,24 @@ impl Holder {
             age: age(record)
                 .map(|age| format!(" for {}", compact(age)))
                 .unwrap_or_default(),
+            tree: if command.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its xlock has ended, its command's processes still hold it: {}",
+                    processes_text(command)
+                )
+            },
         }
     }
 
-    /// `pid 4242 'CMD' on build-3 for 3m12s`, with `cmd` for the command (`None`: none).
+    /// `pid 4242 'CMD' on build-3 for 3m12s`, with `cmd` for the command (`None`: none),
+    /// and the processes of its command that keep the lock, if any.
     fn text(&self, cmd: Option<&str>) -> String {
         let cmd = cmd
             .map(|cmd| format!(" {0}{cmd}{0}", self.delimiter))
             .unwrap_or_default();
-        format!("pid {}{cmd} on {}{}", self.pid, self.host, self.age)
+        format!("pid {}{cmd} on {}{}{}", self.pid, self.host, self.age, self.tree)
     }
 }
 
@@ -309,7 +366,7 @@ mod tests {
             since: humantime::format_rfc3339_millis(since).to_string(),
             cmd: "make deploy".into(),
         };
-        let text = holder_text(&record);
+        let text = holder_text(&record, &[]);
         assert!(text.starts_with("pid 4242 'make deploy' on build-3 for 3m1"), "{text}");
     }
 
@@ -329,8 +386,23 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_whose_command_keeps_the_lock_names_its_processes() {
+        let holder = record("make deploy", "build-3", 192);
+        let text = holder_text(&holder, &[(4300, "sleep".into()), (4301, "sh\x1b]0;x".into())]);
+        assert!(
+            text.ends_with("; its xlock has ended, its command's processes still hold it: pid 4300 (sleep), pid 4301 (sh\\x1b]0;x)"),
+            "{text}"
+        );
+        let many: Vec<(i32, String)> = (1..=6).map(|pid| (pid, "sh".to_owned())).collect();
+        assert_eq!(
+            processes_text(&many),
+            "pid 1 (sh), pid 2 (sh), pid 3 (sh), pid 4 (sh), and 2 more"
+        );
+    }
+
+    #[test]
     fn commands_with_quotes_get_other_delimiters() {
-        let text = |cmd: &str| holder_text(&record(cmd, "h", 5));
+        let text = |cmd: &str| holder_text(&record(cmd, "h", 5), &[]);
         assert_eq!(text("make deploy"), "pid 4242 'make deploy' on h for 5s");
         assert_eq!(text("sh -c 'echo hi'"), r#"pid 4242 "sh -c 'echo hi'" on h for 5s"#);
         assert_eq!(
@@ -347,7 +419,7 @@ mod tests {
 
     #[test]
     fn the_notice_fits_the_terminal_command_first() {
-        let holder = Holder::of(&record("sh -c 'make deploy && make smoke-test'", "build-3", 192));
+        let holder = Holder::of(&record("sh -c 'make deploy && make smoke-test'", "build-3", 192), &[]);
         let lock = "/var/lock/deploy.lock";
         let at = |columns: usize| {
             let line = notice_line(lock, &holder, columns);

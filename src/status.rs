@@ -90,7 +90,7 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
                     .map(|(pid, name)| format!("pid {pid} ({})", escape::text(name)))
                     .collect();
                 format!(
-                    "{shown}: held by the command of pid {} (host {host}) {since}: {cmd}; that xlock died, but its command still runs: {}",
+                    "{shown}: held by the command of pid {} (host {host}) {since}: {cmd}; that xlock has ended, but processes of its command still hold the lock: {}",
                     record.pid,
                     running.join(", ")
                 )

@@ -1,7 +1,8 @@
 //! Child supervision (SPEC §5, §4.4): start the command ([`spawn`](crate::spawn)) from
 //! the main thread in xlock's own process group, pass signals through to it, run the
-//! lock's checks while it runs (and stop it if the lock is lost), always reap it, and
-//! turn how it ended into xlock's exit.
+//! lock's checks while it runs (and stop its whole tree if the lock is lost: see
+//! [`tree`](crate::tree)), always reap it (and the orphans of its tree, which xlock
+//! adopts while it holds a lock), and turn how it ended into xlock's exit.
 //!
 //! It knows nothing of the command line or of the lock: it gets a [`Job`] (what to
 //! run) and, while a lock is held, a [`Guard`] (the lock's side of supervision).
@@ -13,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -21,7 +23,7 @@ use nix::unistd::{getpid, getsid, Pid};
 use crate::exit::Exit;
 use crate::signals::{self, Event, Signals};
 use crate::spawn::Exec;
-use crate::{error, report};
+use crate::{error, report, tree};
 
 /// What to run and how (SPEC §5): not the command line, only what spawning needs.
 pub struct Job<'a> {
@@ -42,8 +44,9 @@ pub trait Guard {
     /// When `check` wants to run next (`None`: never).
     fn next_check(&self) -> Option<Instant>;
     /// Heartbeat / lease renewal. `Health::Lost`: supervise prints `message`, sends
-    /// SIGTERM to the command, SIGKILL at `kill_by` if given and it still runs, and
-    /// the exit is 125 once the command has ended.
+    /// SIGTERM to the command's whole tree, SIGKILL to what is left of it at `kill_by`
+    /// if given and the command still runs, and the exit is 125 once the command has
+    /// ended.
     fn check(&self) -> Health;
 }
 
@@ -58,6 +61,11 @@ pub enum Health {
 /// lock is held, and says how the command ended.
 pub fn run(job: &Job<'_>, guard: Option<&dyn Guard>, signals: &Signals) -> Result<Exit> {
     let exec = Exec::new(&job.argv, job.env, job.death, job.inherit, signals.child_reset())?;
+    if guard.is_some() {
+        // Orphans of the command's tree come to xlock, so that a lost lock can stop
+        // them all, and release can tell whether any of the tree survives.
+        tree::adopt_orphans().context("cannot become the child subreaper of the command's tree")?;
+    }
     let pid = match exec.spawn() {
         Ok(pid) => pid,
         Err(err) => return Ok(spawn_failure(job.argv[0], &err, job.not_found_hint.as_deref())),
@@ -68,13 +76,18 @@ pub fn run(job: &Job<'_>, guard: Option<&dyn Guard>, signals: &Signals) -> Resul
         let timeout = timers.next().map(|at| at.saturating_duration_since(Instant::now()));
         match signals.wait(None, timeout).context("cannot wait for signals")? {
             Event::Signal(info) if signals::number(&info) == libc::SIGCHLD => {
-                // The child is the only process xlock waits for.
-                let ended = match waitpid(pid, Some(WaitPidFlag::WNOHANG)).context("cannot wait for the command")? {
-                    WaitStatus::Exited(_, code) => Exit::Child(code as u8),
-                    WaitStatus::Signaled(_, signal, _) => Exit::Signaled(signal as i32),
-                    _ => continue,
-                };
-                return Ok(if timers.lost { Exit::Failure } else { ended });
+                // The command, or orphans of its tree that xlock adopted: reap them all
+                // until the command is among them.
+                loop {
+                    let ended = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(child, code)) if child == pid => Exit::Child(code as u8),
+                        Ok(WaitStatus::Signaled(child, signal, _)) if child == pid => Exit::Signaled(signal as i32),
+                        Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                        Ok(_) => continue, // an adopted orphan
+                        Err(err) => return Err(err).context("cannot wait for the command"),
+                    };
+                    return Ok(if timers.lost { Exit::Failure } else { ended });
+                }
             }
             Event::Signal(info) => {
                 if signals::should_forward(&info, session_leader) {
@@ -145,11 +158,15 @@ impl<'g> Timers<'g> {
     /// [`Timers::due`], done to the command `pid` (not reaped yet, so still its own).
     fn run_due(&mut self, now: Instant, pid: Pid) {
         let due = self.due(now);
+        // The whole tree, the command included; if /proc showed nothing, the command
+        // at least.
         if let Some(message) = due.lost {
             report::line(format_args!("{message}"));
-            let _ = kill(pid, Signal::SIGTERM);
+            if tree::signal(Signal::SIGTERM) == 0 {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
         }
-        if due.kill {
+        if due.kill && tree::signal(Signal::SIGKILL) == 0 {
             let _ = kill(pid, Signal::SIGKILL);
         }
     }

@@ -269,6 +269,7 @@ impl Candidate {
             lost: Cell::new(false),
             beat_every: stale_after / 3,
             last_beat: Cell::new(std::time::Instant::now()),
+            locking: self.locking,
         };
         let ours = match held.is_ours() {
             Ok(ours) => ours,

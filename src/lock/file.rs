@@ -96,7 +96,7 @@ fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acq
         let why = match outcome? {
             Outcome::Left => continue,
             Outcome::Stale(why) => why,
-            Outcome::TimedOut => return Ok(Acquired::Busy(Some(theirs.record))),
+            Outcome::TimedOut => return Ok(Outcome::TimedOut.into_acquired(&theirs)),
             Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         };
         match ours.locking {
@@ -106,7 +106,7 @@ fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acq
                 if !claim_stale(&mut ours, &theirs, lock, req)? {
                     // Another waiter claimed it first; see what it made of it after a pause.
                     if let Paused::Stop(stop) = pause(req, POLL_FIRST, None)? {
-                        return Ok(stop.into_acquired(theirs.record));
+                        return Ok(stop.into_acquired(&theirs));
                     }
                     waited = true;
                     continue;

@@ -4,6 +4,13 @@
 //! The heartbeat is the file lock's [`Guard`]: supervision calls it every
 //! `--stale-after`/3 while the command runs. A lock found lost (its file removed or
 //! replaced) is said so, and from then on release leaves LOCK alone.
+//!
+//! Release (SPEC §4.5): once the command has ended, xlock closes its own copy of the
+//! command lock's descriptor (the open file description and its OFD lock live on in
+//! the copies the command's tree inherited) and asks, with F_OFD_GETLK through its
+//! other descriptor, whether the lock is still held. Free: nobody has that open file
+//! description any more, and nobody can get it again (it is only ever inherited), so
+//! the answer cannot go stale: unlink. Held: leave the lock to the tree.
 
 use std::cell::Cell;
 use std::ffi::OsString;
@@ -15,11 +22,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
+use super::kernel::command_lock_held;
 use super::path::{is_at, FileId, LockPath};
-use super::{Holding, Released};
+use super::{Holding, Processes, Released};
 use crate::error::{cannot, lost_at_release, lost_while_running};
+use crate::liveness::{self, Locking};
 use crate::record;
 use crate::supervise::{Guard, Health};
+use crate::tree;
 
 /// A file lock held by this process.
 #[derive(Debug)]
@@ -37,6 +47,9 @@ pub struct Held {
     pub(super) beat_every: Duration,
     /// When the last heartbeat ran (or the lock was acquired).
     pub(super) last_beat: Cell<Instant>,
+    /// Kernel locks, or (without) the record and /proc: how release finds out whether
+    /// the command's tree still holds the lock.
+    pub(super) locking: Locking,
 }
 
 impl Held {
@@ -71,6 +84,22 @@ impl Held {
     /// Whether LOCK is our inode.
     pub(super) fn at_lock(&self) -> io::Result<bool> {
         is_at(&self.lock.path, self.file_id)
+    }
+
+    /// Whether processes of the command's tree still have the command lock's
+    /// descriptor (ours is closed by now), and which (if `name_them`). With kernel
+    /// locks: one F_OFD_GETLK through our other open file description. Without: the
+    /// processes of the tree (xlock's descendants, `tree`) that have the file open for
+    /// writing, as only the tree does; no /proc scan at all if none of it survives.
+    fn command_keeps_it(&self, name_them: bool) -> io::Result<Option<Processes>> {
+        let writers = || liveness::processes_writing_among(self.file_id, tree::members());
+        match self.locking {
+            Locking::Kernel => {
+                Ok(command_lock_held(&self.file)?.then(|| if name_them { writers() } else { Vec::new() }))
+            }
+            Locking::RecordOnly if !tree::survivors() => Ok(None),
+            Locking::RecordOnly => Ok(Some(writers()).filter(|writers| !writers.is_empty())),
+        }
     }
 }
 
@@ -108,9 +137,11 @@ impl Holding for Held {
         self.command_lock.as_ref().map(AsFd::as_fd)
     }
 
-    /// Releases the lock (SPEC §4.5): verify it is ours, unlink it, then close. A lock
-    /// that is no longer ours is left alone, and that is an error.
-    fn release(self) -> Result<Released> {
+    /// Releases the lock (SPEC §4.5): verify it is ours; then, if no process of the
+    /// command's tree still has the command lock's descriptor, unlink it and close; if
+    /// one has, leave the lock to them. A lock that is no longer ours is left alone,
+    /// and that is an error.
+    fn release(mut self, name_them: bool) -> Result<Released> {
         if self.lost.get() {
             return Ok(Released::WasLost); // said when it was found lost
         }
@@ -124,9 +155,22 @@ impl Holding for Held {
         if !ours {
             return Err(lost_at_release(self.lock.shown()));
         }
+        if let Some(ours) = self.command_lock.take() {
+            // Our copy goes; the command's copies keep the lock while any is open.
+            drop(ours);
+            let kept = self.command_keeps_it(name_them).map_err(|err| {
+                cannot(
+                    "tell whether processes of the command still hold",
+                    format_args!("{} (so it is left to them)", self.lock.shown()),
+                    &err,
+                )
+            })?;
+            if let Some(processes) = kept {
+                return Ok(Released::LeftToCommand(processes));
+            }
+        }
         fs::remove_file(&self.lock.path)
             .with_context(|| format!("cannot remove the lock file {}", self.lock.shown()))?;
-        drop(self.command_lock);
         drop(self.file);
         Ok(Released::Removed)
     }
@@ -176,8 +220,23 @@ mod tests {
         );
         assert!(held.next_check().unwrap() > first, "the next check did not move on");
         assert!(held.inherit().is_some(), "the command lock is not inherited");
-        assert_eq!(held.release().unwrap(), Released::Removed);
+        assert_eq!(held.release(false).unwrap(), Released::Removed);
         assert!(!dir.path().join("name.lock").exists(), "release left LOCK behind");
+    }
+
+    #[test]
+    fn a_lock_whose_command_lock_is_still_held_is_left_to_its_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("name.lock");
+        let held = hold(dir.path(), Duration::from_secs(30));
+        // What the command's tree would have: a copy of the command lock's descriptor.
+        let tree = held.command_lock.as_ref().unwrap().try_clone().unwrap();
+        assert_eq!(held.release(false).unwrap(), Released::LeftToCommand(Vec::new()));
+        assert!(path.exists(), "the lock was removed while the tree held it");
+        let file = fs::File::open(&path).unwrap();
+        assert!(command_lock_held(&file).unwrap(), "the tree lost the command lock");
+        drop(tree);
+        assert!(!command_lock_held(&file).unwrap(), "the lock outlived the tree");
     }
 
     #[test]
@@ -195,7 +254,7 @@ mod tests {
             Health::Held => panic!("a replaced lock counts as held"),
         }
         assert_eq!(held.next_check(), None, "a lost lock is checked again");
-        assert_eq!(held.release().unwrap(), Released::WasLost);
+        assert_eq!(held.release(false).unwrap(), Released::WasLost);
         assert_eq!(fs::read_to_string(&path).unwrap(), "someone else's\n");
     }
 }

@@ -4,7 +4,8 @@
 //! - the *process lock*: flock(2) on a close-on-exec descriptor, held by xlock alone;
 //! - the *command lock*: an open-file-description lock (F_OFD_SETLK) on byte
 //!   [`COMMAND_BYTE`], on a descriptor the command inherits, so the command's process
-//!   tree keeps it while it runs, even after xlock is gone.
+//!   tree keeps it while any of it has the descriptor, even after xlock is gone
+//!   (SPEC §4.5).
 //!
 //! A waiter blocks in the lock call itself, so the holder's release or death wakes it
 //! directly (no polling); a signal, the deadline or the waiting notice's tick
@@ -104,10 +105,13 @@ pub(super) fn wait_for(kind: KernelLock, theirs: &TheirFile, lock: &LockPath, re
     {
         return Ok(Waited::Got(false));
     }
+    if let KernelLock::Command = kind {
+        theirs.tree_holds.set(true); // its xlock has ended; the messages name the tree
+    }
     if req.deadline.passed() {
         return Ok(Waited::TimedOut);
     }
-    req.report.waiting(&theirs.record);
+    theirs.report_waiting(req);
     let outcome = block_on(kind, theirs, lock, req);
     req.report.done_waiting();
     outcome
@@ -123,7 +127,7 @@ fn block_on(kind: KernelLock, theirs: &TheirFile, lock: &LockPath, req: &Request
         .map_err(|err| cannot("wait for", lock.shown(), &err))?;
     loop {
         match interrupter.take() {
-            Some(Wake::Tick) => req.report.waiting(&theirs.record),
+            Some(Wake::Tick) => theirs.report_waiting(req),
             Some(Wake::Deadline) => return Ok(Waited::TimedOut),
             Some(Wake::Signal(signal)) => return Ok(Waited::Interrupted(signal)),
             None => {}

@@ -20,9 +20,10 @@
 //! | `inherit` | the command lock's descriptor (none with `--close`) | this holder's command lock | none (the lease cannot be inherited) |
 //! | `Guard::next_check` | last beat + `--stale-after`/3 | the same, per holder record | last acknowledged renewal's send time + TTL/3 |
 //! | `Guard::check` | verify inode + nonce, bump mtime; an I/O error is not loss | the same on this holder's record | lease keepalive; `Lost` with `kill_by` ≈ 1 s before lease expiry when a third or less of the TTL remains unacknowledged, at once on TTL 0 |
-//! | `release` | verify inode + nonce, unlink, close ([`Released::Removed`]) | remove this holder's record | unlock, revoke the lease |
+//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same, per holder record | unlock, revoke the lease |
 //!
-//! Issue 13 adds [`Released`]'s third outcome: the lock left to the command's tree.
+//! [`Released`] has a third outcome: the lock left to the command's tree (SPEC §4.5,
+//! issue 13); a kind without a command lock (etcd) never leaves it.
 //!
 //! The files of the exclusive file lock, one concern each:
 //! - [`path`]: LOCK resolved once; the temp and claim names next to it; file identity.
@@ -102,18 +103,27 @@ pub trait Holding: Guard {
     /// The descriptor the command inherits, if any (the command lock).
     fn inherit(&self) -> Option<BorrowedFd<'_>>;
 
-    /// Releases the lock (SPEC §4.5). A lock that is no longer ours is never removed.
-    fn release(self) -> Result<Released>;
+    /// Releases the lock (SPEC §4.5) once the command has ended: removed, or left to
+    /// the processes of the command's tree that still hold it (named if `name_them`).
+    /// A lock that is no longer ours is never removed.
+    fn release(self, name_them: bool) -> Result<Released>;
 }
 
+/// Processes, as messages name them: (PID, name).
+pub type Processes = Vec<(i32, String)>;
+
 /// How a release ended (the `Err` side: it could not be, and why).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Released {
     /// Verified ours and removed.
     Removed,
     /// It had been found lost while the command ran (and said so then): nothing of
     /// ours was left to remove.
     WasLost,
+    /// Processes of the command's tree still hold the lock (a step still running
+    /// after its shell was killed, a background job): it is theirs now, and stays
+    /// until the last of them has ended (SPEC §4.5). Named if asked for and found.
+    LeftToCommand(Processes),
 }
 
 /// What the command inherits of the lock (`--close`: nothing).
@@ -163,8 +173,10 @@ impl Deadline {
 /// What [`Kind::acquire`] came to.
 pub enum Acquired<H> {
     Held(H),
-    /// The deadline passed; the holder's record, if one was read.
-    Busy(Option<Record>),
+    /// The deadline passed: the holder's record, if one was read, and the processes
+    /// of its command that hold the lock once its xlock has ended (empty while its
+    /// xlock runs).
+    Busy(Option<Record>, Processes),
     /// A signal ended the wait; nothing was left behind.
     Interrupted(i32),
 }
@@ -201,7 +213,7 @@ pub struct Holder {
 #[derive(Debug)]
 pub enum HolderState {
     /// Held: by a live xlock, or, if `orphans` is not empty, by the command tree of an
-    /// xlock that died (these processes, PID and name, still have the file open).
+    /// xlock that has ended (these processes, PID and name, still have the file open).
     Held { orphans: Vec<(i32, String)> },
     /// The holder is gone; the next acquirer takes the lock over, unless `blocked`
     /// says why this user cannot (another user's file in a sticky directory).

@@ -5,6 +5,7 @@
 //! Opening never follows a symbolic link, blocks on a FIFO or touches a device; a file
 //! that is not a valid record is *foreign* and left untouched.
 
+use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -15,7 +16,7 @@ use anyhow::Result;
 use nix::libc;
 
 use super::path::{id_of, is_at, FileId, LockPath};
-use super::Request;
+use super::{Processes, Request};
 use crate::error::cannot;
 use crate::liveness::{self, Facts, Identity, Locking, Verdict};
 use crate::record::{self, NotARecord, Record};
@@ -32,9 +33,28 @@ pub(super) struct TheirFile {
     pub(super) file: File,
     pub(super) file_id: FileId,
     pub(super) record: Record,
+    /// Its xlock has ended and its command's tree holds the command lock.
+    pub(super) tree_holds: Cell<bool>,
+    /// The processes of that tree, once found (for the messages).
+    pub(super) command: RefCell<Option<Processes>>,
 }
 
 impl TheirFile {
+    /// The processes of its command that hold the lock after its xlock has ended:
+    /// found (a /proc scan) the first time a message names them, not before, so a
+    /// take-over never waits for the scan.
+    pub(super) fn command_processes(&self) -> Processes {
+        if self.tree_holds.get() && self.command.borrow().is_none() {
+            *self.command.borrow_mut() = Some(liveness::processes_writing(self.file_id));
+        }
+        self.command.borrow().clone().unwrap_or_default()
+    }
+
+    /// Shows (or keeps current) the waiting notice for this holder.
+    pub(super) fn report_waiting(&self, req: &Request<'_>) {
+        req.report.waiting(&self.record, || self.command_processes());
+    }
+
     pub(super) fn same_file(&self, id: &FileId) -> bool {
         self.file_id == *id
     }
@@ -106,6 +126,8 @@ pub(super) fn open_record(path: &Path) -> io::Result<Found> {
             file,
             file_id: id_of(&meta),
             record,
+            tree_holds: Cell::new(false),
+            command: RefCell::default(),
         })),
         Err(why) => Ok(Found::Foreign(why.to_string())),
     }

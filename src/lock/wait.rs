@@ -15,7 +15,6 @@ use super::theirs::TheirFile;
 use super::{Acquired, Request};
 use crate::error::read_error;
 use crate::liveness::{self, Alive, Locking, Stale, Verdict};
-use crate::record::Record;
 use crate::signals::{self, Event};
 
 /// Polling in no-locks mode starts at this pause, doubling up to [`POLL_MAX`].
@@ -33,10 +32,10 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    pub(super) fn into_acquired<H>(self, holder: Record) -> Acquired<H> {
+    pub(super) fn into_acquired<H>(self, theirs: &TheirFile) -> Acquired<H> {
         match self {
             Outcome::Interrupted(signal) => Acquired::Interrupted(signal),
-            _ => Acquired::Busy(Some(holder)),
+            _ => Acquired::Busy(Some(theirs.record.clone()), theirs.command_processes()),
         }
     }
 }
@@ -81,6 +80,7 @@ pub(super) fn wait_out(
         }
         match theirs.judge(lock, req, locking)? {
             Verdict::Stale(why) => return Ok(Outcome::Stale(why)),
+            Verdict::Alive(Alive::Command(processes)) => *theirs.command.borrow_mut() = Some(processes),
             Verdict::Alive(Alive::Running) if watch_holder && holder_exit.is_none() => {
                 // Judged again once the pidfd is open, so it cannot be a recycled PID's.
                 holder_exit = liveness::exit_fd(theirs.record.pid);
@@ -89,7 +89,7 @@ pub(super) fn wait_out(
             }
             Verdict::Alive(_) => {}
         }
-        req.report.waiting(&theirs.record);
+        theirs.report_waiting(req);
         match pause(req, every, holder_exit.as_ref().map(AsFd::as_fd))? {
             Paused::Stop(stop) => return Ok(stop),
             // It has exited: judge again, then poll if it still counts as alive (its

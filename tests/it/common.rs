@@ -539,3 +539,39 @@ pub fn set_age(path: &Path, age: Duration) {
     let file = fs::File::options().write(true).open(path).unwrap();
     file.set_modified(SystemTime::now() - age).unwrap();
 }
+/// Every process now: (PID, parent PID, start time), from /proc/*/stat.
+pub fn process_table() -> Vec<(i32, i32, u64)> {
+    let mut table = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if let (Some(ppid), Some(start)) = (
+            fields.get(1).and_then(|f| f.parse().ok()),
+            fields.get(19).and_then(|f| f.parse().ok()),
+        ) {
+            table.push((pid, ppid, start));
+        }
+    }
+    table
+}
+
+/// Sends `signal` to process `pid` only if it is still the process that started at
+/// `start`: through a pidfd opened first, so a PID reused in between is never hit.
+pub fn signal_exact(pid: i32, start: u64, signal: Signal) -> bool {
+    use rustix::process::{pidfd_open, pidfd_send_signal, PidfdFlags};
+    let Some(pidfd) = rustix::process::Pid::from_raw(pid).and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+    else {
+        return false;
+    };
+    if start_time(pid) != Some(start) {
+        return false; // the pidfd may name a newer process with that PID
+    }
+    rustix::process::Signal::from_named_raw(signal as i32)
+        .is_some_and(|signal| pidfd_send_signal(&pidfd, signal).is_ok())
+}

@@ -19,7 +19,7 @@ tests_in_every_mode!(
     sixteen_waiters_on_a_stale_lock_never_overlap,
     command_keeps_the_lock_after_xlock_is_killed,
     background_process_of_killed_holder_keeps_the_lock,
-    background_process_after_normal_release_holds_nobody_up,
+    background_process_after_normal_exit_keeps_the_lock,
     orphaned_temp_files_are_swept_live_ones_kept,
     a_replaced_lock_is_never_removed,
 );
@@ -93,7 +93,8 @@ fn record_is_written_while_held(t: Mode) {
 fn nonblock_conflict_and_exit_code(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = t.hold(&[], &lock, "sleep 5");
+    // `exec`: SIGTERM ends the whole command (a forked sleep would keep the lock).
+    let mut holder = t.hold(&[], &lock, "exec sleep 5");
     let started = Instant::now();
     let out = t.xlock(["-n", lock.to_str().unwrap(), "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(75));
@@ -127,7 +128,8 @@ fn nonblock_conflict_and_exit_code(t: Mode) {
 fn timeout_expires(t: Mode) {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = t.hold(&[], &lock, "sleep 5");
+    // `exec`: SIGTERM ends the whole command (a forked sleep would keep the lock).
+    let mut holder = t.hold(&[], &lock, "exec sleep 5");
     for timeout in ["300ms", "0.3"] {
         let started = Instant::now();
         let out = t
@@ -285,27 +287,40 @@ fn background_process_of_killed_holder_keeps_the_lock(t: Mode) {
     );
 }
 
-/// Acceptance 5: after a normal run of `sh -c 'sleep 30 & exit 0'`, the next xlock gets
-/// the lock at once.
-fn background_process_after_normal_release_holds_nobody_up(t: Mode) {
+/// SPEC §4.5: after a normal run of `sh -c 'sleep 30 & exit 3'`, xlock exits at once
+/// with the command's status and leaves the lock to the background process, as
+/// flock(1) does (`-v` names it); the next xlock gets the lock once it has ended.
+fn background_process_after_normal_exit_keeps_the_lock(t: Mode) {
     let sandbox = Sandbox::new();
     let (lock, pidfile) = (sandbox.lock(), sandbox.path("bg.pid"));
-    let status = t
-        .xlock([
-            lock.to_str().unwrap(),
-            "sh",
-            "-c",
-            &format!("sleep 30 & echo $! > '{}'; exit 0", pidfile.display()),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let l = lock.to_str().unwrap();
+    let script = format!("sleep 30 >/dev/null 2>&1 & echo $! > '{}'; exit 3", pidfile.display());
+    let out = t.xlock(["-v", l, "sh", "-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     let background: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    assert!(process_alive(background));
-    let out = t.xlock(["-n", lock.to_str().unwrap(), "true"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(background), Signal::SIGKILL);
+    let start = start_time(background).expect("the background sleep runs");
+    assert!(
+        lock.exists(),
+        "the lock was released while a process of the command had it"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "left {l} to processes of the command that still have it: pid {background} (sleep)"
+        )),
+        "{stderr}"
+    );
+    let out = t.xlock(["-n", l, "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(signal_exact(background, start, Signal::SIGKILL));
+    wait_until(Duration::from_secs(5), "the background sleep ends", || {
+        !process_alive(background)
+    });
+    let out = t.xlock(["-n", "-v", l, "true"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("took over stale"), "{stderr}");
+    assert_eq!(sandbox.entries(), ["bg.pid"]);
 }
 
 /// SPEC §4.3: orphaned temp files (creator died) are removed by later acquirers; a temp

@@ -111,7 +111,10 @@ fn status_names_the_command_tree_of_a_dead_holder() {
     let out = status(&[lock.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(75));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("that xlock died, but its command still runs"), "{text}");
+    assert!(
+        text.contains("that xlock has ended, but processes of its command still hold the lock"),
+        "{text}"
+    );
     assert!(text.contains(&format!("pid {background} (sleep)")), "{text}");
     let object = &json_lines(&status(&["--json", lock.to_str().unwrap()]))[0];
     assert_eq!(object["holder_alive"], false);
