@@ -75,7 +75,9 @@ pub struct Cli {
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
 
-    /// Do not let the command inherit the lock: if xlock dies, the command is killed
+    /// Do not let the command inherit the lock: it is held exactly while xlock runs, and
+    /// nothing the command starts holds it. If xlock is killed, the command gets SIGKILL
+    /// (not what it started), and the next holder may start while it is still exiting
     #[arg(short = 'o', long = "close")]
     pub close: bool,
 
