@@ -575,3 +575,34 @@ pub fn signal_exact(pid: i32, start: u64, signal: Signal) -> bool {
     rustix::process::Signal::from_named_raw(signal as i32)
         .is_some_and(|signal| pidfd_send_signal(&pidfd, signal).is_ok())
 }
+
+/// Stress tests: starts `command` (an xlock) with its PID in `live` (the killer's
+/// victims), waits for its exit without reaping it, so that a killer holding `live`'s
+/// mutex never hits a reused PID, then reaps it.
+pub fn run_as_victim(
+    live: &std::sync::Mutex<std::collections::HashSet<i32>>,
+    command: &mut Command,
+) -> std::process::ExitStatus {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let mut child = {
+        let mut live = live.lock().unwrap();
+        let child = command.spawn().unwrap();
+        live.insert(child.id() as i32);
+        child
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).unwrap();
+    live.lock().unwrap().remove(&pid.as_raw());
+    child.wait().unwrap()
+}
+
+/// Stress tests: the lines of a shared `-v` log that are none of the `expected` kinds
+/// (xlock's errors), for the message of a run that failed.
+pub fn unexpected_lines(log: &Path, expected: &[&str]) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !expected.iter().any(|e| line.contains(e)))
+        .map(str::to_owned)
+        .collect()
+}

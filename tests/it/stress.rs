@@ -18,7 +18,6 @@ use std::thread;
 use std::time::Duration;
 
 use crate::common::*;
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 tests_in_every_mode!(exclusion_holds_while_xlocks_are_killed_at_random);
@@ -70,30 +69,20 @@ fn exclusion_holds_while_xlocks_are_killed_at_random(t: Mode) {
                 let mut succeeded = 0;
                 for _ in 0..runs {
                     let stderr = OpenOptions::new().create(true).append(true).open(&messages).unwrap();
-                    let mut child = {
-                        let mut live = live.lock().unwrap();
-                        let child = t
-                            .xlock(["-v", lock.to_str().unwrap(), "sh", "-c", &section])
+                    let status = run_as_victim(
+                        &live,
+                        t.xlock(["-v", lock.to_str().unwrap(), "sh", "-c", &section])
                             .stdin(Stdio::null())
-                            .stderr(stderr)
-                            .spawn()
-                            .unwrap();
-                        live.insert(child.id() as i32);
-                        child
-                    };
-                    let pid = Pid::from_raw(child.id() as i32);
-                    // Wait for the exit without reaping, so the killer cannot hit a reused PID.
-                    waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).unwrap();
-                    live.lock().unwrap().remove(&pid.as_raw());
-                    let status = child.wait().unwrap();
+                            .stderr(stderr),
+                    );
                     // Every xlock that was not killed ran its section and exited 0.
                     if status.signal() != Some(Signal::SIGKILL as i32) {
                         if !status.success() {
                             // xlock's own error is among the -v lines of all runs.
-                            let all = fs::read_to_string(&messages).unwrap_or_default();
-                            let verbose = ["waiting for", "acquired", "released", "took over stale"];
-                            let errors: Vec<&str> =
-                                all.lines().filter(|l| !verbose.iter().any(|v| l.contains(v))).collect();
+                            let errors = unexpected_lines(
+                                &messages,
+                                &["waiting for", "acquired", "released", "took over stale"],
+                            );
                             panic!("an xlock that was not killed failed: {status:?}; its errors: {errors:?}");
                         }
                         succeeded += 1;

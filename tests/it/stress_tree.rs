@@ -24,7 +24,6 @@ use std::thread;
 use std::time::Duration;
 
 use crate::common::*;
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 tests_in_every_mode!(exclusion_holds_while_trees_are_killed_at_random);
@@ -126,23 +125,13 @@ fn exclusion_holds_while_trees_are_killed_at_random(t: Mode) {
                 let mut succeeded = 0;
                 for _ in 0..runs {
                     let stderr = OpenOptions::new().create(true).append(true).open(&messages).unwrap();
-                    let mut child = {
-                        let mut live = live.lock().unwrap();
-                        let child = t
-                            .xlock(["-v", lock.to_str().unwrap(), "sh", "-c", &section])
+                    let status = run_as_victim(
+                        &live,
+                        t.xlock(["-v", lock.to_str().unwrap(), "sh", "-c", &section])
                             .stdin(Stdio::null())
                             .stdout(Stdio::null())
-                            .stderr(stderr)
-                            .spawn()
-                            .unwrap();
-                        live.insert(child.id() as i32);
-                        child
-                    };
-                    let pid = Pid::from_raw(child.id() as i32);
-                    // Wait for the exit without reaping, so the killer cannot hit a reused PID.
-                    waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).unwrap();
-                    live.lock().unwrap().remove(&pid.as_raw());
-                    let status = child.wait().unwrap();
+                            .stderr(stderr),
+                    );
                     // Killed (or its shell was, and it died of the same signal), an
                     // overlap (the log shows it), or it ran its section.
                     let killed = [Signal::SIGKILL, Signal::SIGTERM]
@@ -152,10 +141,10 @@ fn exclusion_holds_while_trees_are_killed_at_random(t: Mode) {
                         continue;
                     }
                     if !status.success() {
-                        let all = fs::read_to_string(&messages).unwrap_or_default();
-                        let verbose = ["waiting for", "acquired", "released", "took over stale", "left "];
-                        let errors: Vec<&str> =
-                            all.lines().filter(|l| !verbose.iter().any(|v| l.contains(v))).collect();
+                        let errors = unexpected_lines(
+                            &messages,
+                            &["waiting for", "acquired", "released", "took over stale", "left "],
+                        );
                         panic!("an xlock that was not killed failed: {status:?}; its errors: {errors:?}");
                     }
                     succeeded += 1;
