@@ -10,18 +10,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// Asserts the one-line `xlock: ...` error of exit 125, containing each of `needles`.
-fn assert_fails(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
-    assert!(stderr.starts_with("xlock: ") && stderr.ends_with('\n'), "{stderr:?}");
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
-    }
-    assert!(out.stdout.is_empty(), "the command must not run");
-}
-
 /// Runs `xlock LOCK sh -c 'echo ran'` with a time limit (a FIFO must not hang it).
 fn run_on(t: Mode, lock: &Path) -> Output {
     let child = t

@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::common::*;
 
@@ -16,19 +16,6 @@ tests_in_every_mode!(
     the_longest_allowed_name_is_taken_over_after_a_crash,
     a_directory_that_refuses_new_files_is_not_called_missing,
 );
-
-/// Asserts the one-line `xlock: ...` error of exit 125, containing each of `needles`.
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
-    assert!(stderr.starts_with("xlock: ") && stderr.ends_with('\n'), "{stderr:?}");
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
-    for needle in needles {
-        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
-    }
-    assert!(out.stdout.is_empty(), "the command must not run");
-    stderr
-}
 
 /// `xlock ARGS...` in mode `t` as user nobody (uid 65534): root drops privileges.
 fn as_nobody(t: Mode, args: &[&str]) -> Command {

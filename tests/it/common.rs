@@ -606,3 +606,16 @@ pub fn unexpected_lines(log: &Path, expected: &[&str]) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Bad input: asserts the one-line `xlock: ...` error of exit 125, containing each of `needles`; returns it.
+pub fn assert_fails(out: &std::process::Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(stderr.starts_with("xlock: ") && stderr.ends_with('\n'), "{stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "the command must not run");
+    stderr
+}
