@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use crate::exit::Exit;
+use crate::lock::etcd::{url, Url};
 use crate::report::Verbosity;
 
 /// Run a command while holding a named, crash-safe file lock.
@@ -137,7 +138,10 @@ pub enum Wait {
 /// A checked configuration: everything `run` needs, nothing left to validate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// LOCK as given: a path, or an etcd URL (then also in `etcd`).
     pub lock: PathBuf,
+    /// LOCK is an etcd URL (SPEC §10): parsed and checked.
+    pub etcd: Option<Url>,
     pub command: CommandSpec,
     pub wait: Wait,
     pub busy_exit: u8,
@@ -151,6 +155,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusQuery {
     pub locks: Vec<PathBuf>,
+    /// One per LOCK: its etcd URL, parsed and checked, if it is one.
+    pub etcd: Vec<Option<Url>>,
     pub json: bool,
     pub busy_exit: u8,
     pub stale_after: Duration,
@@ -217,6 +223,19 @@ fn check_stale_after(stale_after: Duration) -> Result<Duration, String> {
         ));
     }
     Ok(stale_after)
+}
+
+/// Checks LOCK: an etcd URL (`etcd://`, `etcds://`) is parsed into a [`Url`]; any
+/// other LOCK is a path, checked by [`check_lock_path`].
+fn check_lock(lock: &std::path::Path) -> Result<Option<Url>, String> {
+    let bytes = lock.as_os_str().as_bytes();
+    if !url::is_etcd(bytes) {
+        return check_lock_path(lock).map(|()| None);
+    }
+    let text = lock
+        .to_str()
+        .ok_or_else(|| format!("etcd LOCK '{}' is not valid UTF-8", shown_word(lock.as_os_str())))?;
+    Url::parse(text).map(Some)
 }
 
 /// Rejects LOCK paths that cannot name a lock file, before any file is touched.

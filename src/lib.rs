@@ -40,6 +40,7 @@ use nix::sys::signal::Signal;
 use crate::cli::{CommandSpec, Config, Parsed};
 use crate::exit::Exit;
 use crate::liveness::Identity;
+use crate::lock::etcd::EtcdLock;
 use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Released, Request};
 use crate::record::Record;
 use crate::report::Reporter;
@@ -75,7 +76,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
 }
 
 /// Runs the command under the lock `config` names. The kind of lock is chosen here
-/// (the exclusive file lock, for now); the rest of the flow is the same for every kind.
+/// (the exclusive file lock, or etcd for an etcd URL); the rest of the flow is the same for every kind.
 fn execute(config: &Config) -> Result<Exit> {
     let signals = Signals::block()?;
     let deadline = Deadline::after(match config.wait {
@@ -83,8 +84,10 @@ fn execute(config: &Config) -> Result<Exit> {
         cli::Wait::Upto(d) => Some(d),
     });
     let me = Identity::current()?;
-    let kind = FileLock::new(&config.lock)?;
-    execute_with(&kind, config, deadline, &me, &signals)
+    match &config.etcd {
+        Some(url) => execute_with(&EtcdLock::new(url)?, config, deadline, &me, &signals),
+        None => execute_with(&FileLock::new(&config.lock)?, config, deadline, &me, &signals),
+    }
 }
 
 /// The flow over the lock seam (`lock::Kind`, `lock::Holding`): nesting, acquire, run
@@ -197,8 +200,11 @@ fn execute_with<K: Kind>(
 fn status(query: &cli::StatusQuery) -> Result<Exit> {
     let me = Identity::current()?;
     let mut worst = status::Verdict::Free;
-    for lock in &query.locks {
-        let state = FileLock::new(lock).and_then(|kind| kind.inspect(&me, query.stale_after));
+    for (lock, etcd) in query.locks.iter().zip(&query.etcd) {
+        let state = match etcd {
+            Some(url) => EtcdLock::new(url).and_then(|kind| kind.inspect(&me, query.stale_after)),
+            None => FileLock::new(lock).and_then(|kind| kind.inspect(&me, query.stale_after)),
+        };
         let verdict =
             status::print_state(lock, &state, query.json).map_err(|err| anyhow::anyhow!(error::stdout_error(&err)))?;
         worst = worst.max(verdict);

@@ -109,6 +109,21 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
                 Value::Object(object),
             )
         }
+        HolderState::Waiting { position } => {
+            let mut object = record_object(record, "waiting");
+            object.insert("position".into(), (*position).into());
+            (
+                Verdict::Held,
+                format!(
+                    "{shown}: waiting ({position} in line): pid {} (host {}) since {}: {}",
+                    record.pid,
+                    escape::text(&record.host),
+                    escape::text(&record.since),
+                    escape::text(&record.cmd)
+                ),
+                Value::Object(object),
+            )
+        }
         // A run by this user would fail (exit 125): so does its status.
         HolderState::Stale {
             why,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::CommandFactory;
 
 use super::{
-    check_lock_path, check_stale_after, is_descriptor, parse_duration, shown_word, wait_for, Cli, CommandSpec, Config,
+    check_lock, check_stale_after, is_descriptor, parse_duration, shown_word, wait_for, Cli, CommandSpec, Config,
     Parsed, StatusQuery, Verbosity, Wait, DEFAULT_STALE_AFTER_DURATION,
 };
 use crate::exit::Exit;
@@ -341,10 +341,13 @@ impl Raw {
         if self.locks.is_empty() {
             return Err("--status needs at least one LOCK; usage: xlock --status [--json] LOCK...".into());
         }
-        for lock in &self.locks {
-            check_lock_path(lock)?;
-        }
+        let etcd = self
+            .locks
+            .iter()
+            .map(|lock| check_lock(lock))
+            .collect::<Result<_, _>>()?;
         Ok(StatusQuery {
+            etcd,
             json: self.has(Opt::Json),
             busy_exit: self.busy_exit.unwrap_or(Exit::DEFAULT_BUSY),
             stale_after: self.stale_after()?,
@@ -371,7 +374,7 @@ impl Raw {
         let lock = self
             .lock
             .ok_or("no LOCK given; usage: xlock [OPTIONS] LOCK [--] COMMAND [ARG]...")?;
-        check_lock_path(&lock)?;
+        let etcd = check_lock(&lock)?;
         let command = match (self.shell, self.command.is_empty()) {
             (Some(shell), true) => CommandSpec::Shell(shell),
             (None, false) => CommandSpec::Argv(self.command),
@@ -395,6 +398,7 @@ impl Raw {
         };
         Ok(Config {
             lock,
+            etcd,
             command,
             wait,
             busy_exit,

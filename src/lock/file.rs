@@ -129,6 +129,6 @@ fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acq
     Ok(Acquired::Held(held))
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -35,9 +35,12 @@
 //! - [`held`]: the held lock: heartbeat, loss, release (§4.4, §4.5).
 //! - [`inspect`]: `--status`'s look at LOCK (§2).
 //! - [`file`]: the kind itself and its acquire loop (§4.3).
+//!
+//! The etcd lock is [`etcd`], a directory of its own (§10, issue 15).
 
 mod candidate;
 mod claim;
+pub mod etcd;
 mod file;
 mod held;
 mod inspect;
@@ -218,6 +221,9 @@ pub enum HolderState {
     /// The holder is gone; the next acquirer takes the lock over, unless `blocked`
     /// says why this user cannot (another user's file in a sticky directory).
     Stale { why: Stale, blocked: Option<String> },
+    /// Waiting for the lock, `position`-th in line after the holder (etcd: queued by
+    /// create revision).
+    Waiting { position: usize },
 }
 
 #[cfg(test)]

@@ -1,0 +1,129 @@
+//! The held etcd lock (SPEC §10): supervision's [`Guard`] over our lease, the
+//! command's `XLOCK_TOKEN`, and release (unlock, revoke the lease).
+//!
+//! The guard asks the lease's judgement when a renewal is due (the send time of the
+//! last acknowledged renewal plus a third of the TTL) and, while a renewal is
+//! outstanding, every few hundred milliseconds up to the moment the lease counts as
+//! lost: then supervision sends SIGTERM to the command's whole tree, and SIGKILL at
+//! `kill_by`, about 1 s before the lease can expire. Depends on
+//! [`lease`](super::lease) and [`client`](super::client).
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::client::Client;
+use super::lease::{Judged, Lease};
+use crate::lock::{Holding, Released};
+use crate::supervise::{Guard, Health};
+
+/// The variable that carries the fencing token.
+pub const TOKEN_ENV: &str = "XLOCK_TOKEN";
+
+/// An etcd lock this process holds.
+pub struct Held {
+    pub(super) client: Arc<Client>,
+    pub(super) lease: Lease,
+    /// Our key: `NAME/<lease id in hex>`.
+    pub(super) key: Vec<u8>,
+    /// The URL as given, for `XLOCK_PATH` and messages.
+    pub(super) name: PathBuf,
+    pub(super) nonce: String,
+    /// The key's create revision: the fencing token.
+    pub(super) token: i64,
+    /// When the guard last looked.
+    pub(super) checked: Cell<Instant>,
+    pub(super) lost: Cell<bool>,
+}
+
+impl Held {
+    /// How often the guard looks while a renewal is outstanding.
+    fn poll(&self) -> Duration {
+        (self.lease.ttl / 30).clamp(Duration::from_millis(50), Duration::from_millis(500))
+    }
+
+    /// A call's time limit at release: short, as the lease expires anyway.
+    fn release_timeout(&self) -> Duration {
+        (self.lease.ttl / 3).min(Duration::from_secs(5))
+    }
+}
+
+impl Guard for Held {
+    fn next_check(&self) -> Option<Instant> {
+        if self.lost.get() {
+            return None;
+        }
+        if self.lease.expired() {
+            return Some(Instant::now());
+        }
+        let (renewal, lost_at) = self.lease.due();
+        let checked = self.checked.get();
+        Some(if renewal > checked {
+            renewal
+        } else {
+            (checked + self.poll()).min(lost_at)
+        })
+    }
+
+    fn check(&self) -> Health {
+        let now = Instant::now();
+        self.checked.set(now);
+        match self.lease.judge(now) {
+            Judged::Held => Health::Held,
+            Judged::Lost { why, kill_by } => {
+                self.lost.set(true);
+                self.lease.stop();
+                Health::Lost {
+                    message: format!(
+                        "lock lost: {}: {why}; stopping the command's whole tree before the lease can expire \
+                         (another holder may get the lock then); check the network to etcd at {}",
+                        self.name.display(),
+                        self.client.shown_endpoints()
+                    ),
+                    kill_by: Some(kill_by),
+                }
+            }
+        }
+    }
+}
+
+impl Holding for Held {
+    fn identity(&self) -> (&Path, &str) {
+        (&self.name, &self.nonce)
+    }
+
+    fn env(&self) -> Option<(&'static str, OsString)> {
+        Some((TOKEN_ENV, self.token.to_string().into()))
+    }
+
+    fn inherit(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Unlock (delete our key), then revoke the lease. A lock found lost was said so
+    /// then; its lease is revoked all the same, in case it lives on.
+    fn release(self, _name_them: bool) -> Result<Released> {
+        self.lease.stop();
+        let timeout = self.release_timeout();
+        if self.lost.get() {
+            let _ = self.client.revoke(self.lease.id, timeout);
+            return Ok(Released::WasLost);
+        }
+        let unlocked = self.client.unlock(&self.key, timeout);
+        let revoked = self.client.revoke(self.lease.id, timeout);
+        match unlocked.and(revoked) {
+            Ok(()) => Ok(Released::Removed),
+            Err(err) => Err(anyhow::anyhow!(
+                "cannot release {} at etcd {}: {err}; it is released when its lease expires, within {}s",
+                self.name.display(),
+                self.client.shown_endpoints(),
+                self.lease.ttl.as_secs()
+            )),
+        }
+    }
+}
