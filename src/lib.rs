@@ -104,7 +104,12 @@ fn execute_with<K: Kind>(
         CommandSpec::Argv(words) => words.iter().map(OsString::as_os_str).collect(),
         CommandSpec::Shell(text) => vec![OsStr::new("/bin/sh"), OsStr::new("-c"), text.as_os_str()],
     };
-    let death = if config.close { Signal::SIGKILL } else { Signal::SIGTERM };
+    // SIGKILL when nothing the command starts keeps the lock (--close, etcd: SPEC §10).
+    let death = if config.close || config.etcd.is_some() {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
     // `xlock L -n cmd`: a flock habit that ends up as a command named `-n`.
     let not_found_hint = cli::misplaced_option_hint(argv[0]);
     let inherited = nesting::Inherited::from_env();

@@ -12,6 +12,7 @@ mod bad_input;
 mod bad_input_files;
 mod cli;
 mod completions;
+mod etcd;
 mod evidence;
 mod exit_status;
 mod exit_status_interpreter;
