@@ -342,7 +342,7 @@ fn transport_reason(err: &ureq::Error) -> String {
     match err {
         ureq::Error::Timeout(_) => "no answer in time (timed out)".to_owned(),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            "connection refused (is etcd running there?)".to_owned()
+            "connection refused".to_owned()
         }
         ureq::Error::HostNotFound => "host not found".to_owned(),
         ureq::Error::Io(io) => io.to_string(),
