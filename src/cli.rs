@@ -40,13 +40,18 @@ use crate::report::Verbosity;
                   # a CI step: wait at most 10 minutes for the staging database\n  \
                   xlock --timeout 10m /srv/ci/staging-db.lock -- ./deploy.sh\n  \
                   # who holds it, as JSON\n  \
-                  xlock --status --json /var/lock/backup.lock\n\n\
+                  xlock --status --json /var/lock/backup.lock\n  \
+                  # across machines: a lock on an etcd cluster\n  \
+                  xlock -w 10m etcd://10.0.0.5:2379,10.0.0.6:2379/deploy -- ./deploy.sh\n\n\
                   Exit status: the command's own; 75 (or -E N) if the lock was busy; \
                   125 if xlock failed; 126 if COMMAND could not be executed; 127 if it was \
                   not found. If the command dies of a signal, xlock dies of the same signal.\n\n\
                   Environment: the command gets XLOCK_PATH (the lock's absolute path) and \
                   XLOCK_HELD (the locks its xlock ancestors hold); an xlock inside it on one of \
-                  those locks runs at once. XLOCK_NO_KERNEL_LOCKS=1 makes xlock decide by the \
+                  those locks runs at once. Under an etcd lock the command also gets XLOCK_TOKEN, a \
+                  fencing token that increases from one holder to the next; TLS and \
+                  authentication follow ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY and ETCDCTL_USER. \
+                  XLOCK_NO_KERNEL_LOCKS=1 makes xlock decide by the \
                   holder's record and poll, as on a file system without locks."
 )]
 pub struct Cli {
@@ -87,7 +92,8 @@ pub struct Cli {
     pub exclusive: bool,
 
     /// How old another host's heartbeat (the lock file's mtime) may get before its lock
-    /// counts as stale; the holder refreshes it every DUR/3
+    /// counts as stale; the holder refreshes it every DUR/3. For an etcd LOCK: the
+    /// lease's TTL (at least 2s), renewed every DUR/3
     #[arg(long = "stale-after", value_name = "DUR", default_value = DEFAULT_STALE_AFTER, value_parser = parse_duration)]
     pub stale_after: Duration,
 
@@ -100,7 +106,9 @@ pub struct Cli {
     #[arg(long = "json", requires = "status")]
     pub json: bool,
 
-    /// The lock file: exists exactly while the lock is held
+    /// The lock file: exists exactly while the lock is held. Or a lock on etcd:
+    /// etcd://HOST:PORT[,HOST:PORT...]/NAME, etcd:///NAME (endpoints from
+    /// ETCDCTL_ENDPOINTS), etcds:// for TLS
     #[arg(value_name = "LOCK")]
     pub lock: PathBuf,
 

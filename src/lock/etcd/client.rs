@@ -341,9 +341,7 @@ fn server_error(error: &Value, status: u16) -> RpcError {
 fn transport_reason(err: &ureq::Error) -> String {
     match err {
         ureq::Error::Timeout(_) => "no answer in time (timed out)".to_owned(),
-        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            "connection refused".to_owned()
-        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
         ureq::Error::HostNotFound => "host not found".to_owned(),
         ureq::Error::Io(io) => io.to_string(),
         other => other.to_string(),

@@ -17,10 +17,30 @@ fn make_certificates(dir: &Path) {
             .current_dir(dir)
             .output()
             .unwrap_or_else(|err| panic!("cannot run openssl ({err}); install it: apt-get install openssl"));
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=xlock test CA"]].concat());
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=xlock test CA",
+            ],
+        ]
+        .concat(),
+    );
     std::fs::write(
         dir.join("ext"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
@@ -28,10 +48,30 @@ fn make_certificates(dir: &Path) {
     .unwrap();
     for name in ["server", "client"] {
         let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
-        openssl(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")],
+            ]
+            .concat(),
+        );
         openssl(&[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem, "-days",
-            "2", "-extfile", "ext",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
         ]);
     }
 }
@@ -61,13 +101,23 @@ fn etcds_urls_use_tls_with_a_client_certificate() {
     let etcd = Etcd::spawn("tls", free_port(), &setup);
     let url = format!("etcds://{}/secure", etcd.endpoint());
     wait_until(Duration::from_secs(20), "etcd answers over TLS", || {
-        with_tls(certs.path(), &["--status", &url]).output().unwrap().status.code() == Some(0)
+        with_tls(certs.path(), &["--status", &url])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            == Some(0)
     });
-    let out = with_tls(certs.path(), &[&url, "sh", "-c", "echo token $XLOCK_TOKEN"]).output().unwrap();
+    let out = with_tls(certs.path(), &[&url, "sh", "-c", "echo token $XLOCK_TOKEN"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("token "));
     // A server certificate from a CA that is not trusted: refused, in one line.
-    let out = with_tls(certs.path(), &[&url, "true"]).env_remove("ETCDCTL_CACERT").output().unwrap();
+    let out = with_tls(certs.path(), &[&url, "true"])
+        .env_remove("ETCDCTL_CACERT")
+        .output()
+        .unwrap();
     assert_fails(&out, &[&etcd.endpoint(), "cannot grant a lease"]);
     // No client certificate: the server refuses.
     let out = with_tls(certs.path(), &[&url, "true"])
@@ -77,7 +127,10 @@ fn etcds_urls_use_tls_with_a_client_certificate() {
         .unwrap();
     assert_fails(&out, &[&etcd.endpoint()]);
     // A CA file that is not there.
-    let out = with_tls(certs.path(), &[&url, "true"]).env("ETCDCTL_CACERT", "/nonexistent/ca.pem").output().unwrap();
+    let out = with_tls(certs.path(), &[&url, "true"])
+        .env("ETCDCTL_CACERT", "/nonexistent/ca.pem")
+        .output()
+        .unwrap();
     assert_fails(&out, &["ETCDCTL_CACERT", "/nonexistent/ca.pem"]);
 }
 
@@ -95,10 +148,19 @@ fn etcdctl_user_authenticates_and_a_wrong_password_is_refused() {
         assert!(!answer.contains("\"error\""), "{path}: {answer}");
     }
     let url = etcd.url("authjob");
-    let out = xlock([url.as_str(), "true"]).env("ETCDCTL_USER", "root:secret").output().unwrap();
+    let out = xlock([url.as_str(), "true"])
+        .env("ETCDCTL_USER", "root:secret")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = xlock([url.as_str(), "true"]).env("ETCDCTL_USER", "root:wrong").output().unwrap();
+    let out = xlock([url.as_str(), "true"])
+        .env("ETCDCTL_USER", "root:wrong")
+        .output()
+        .unwrap();
     assert_fails(&out, &[&etcd.endpoint(), "authentication failed", "ETCDCTL_USER"]);
-    let out = xlock([url.as_str(), "true"]).env_remove("ETCDCTL_USER").output().unwrap();
+    let out = xlock([url.as_str(), "true"])
+        .env_remove("ETCDCTL_USER")
+        .output()
+        .unwrap();
     assert_fails(&out, &[&url]);
 }
