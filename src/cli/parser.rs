@@ -375,6 +375,9 @@ impl Raw {
             .lock
             .ok_or("no LOCK given; usage: xlock [OPTIONS] LOCK [--] COMMAND [ARG]...")?;
         let etcd = check_lock(&lock)?;
+        if etcd.is_some() {
+            crate::lock::etcd::url::check_ttl(stale_after)?;
+        }
         let command = match (self.shell, self.command.is_empty()) {
             (Some(shell), true) => CommandSpec::Shell(shell),
             (None, false) => CommandSpec::Argv(self.command),

@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::client::{Client, Kv, RpcError, USER_ENV};
 use super::held::Held;
-use super::lease::{Judged, Lease, MIN_TTL};
+use super::lease::{Judged, Lease};
 use super::url::Url;
 use crate::liveness::Identity;
 use crate::lock::{Acquired, Holder, HolderState, Kind, Request, State};
@@ -103,14 +103,6 @@ impl Kind for EtcdLock {
     }
 
     fn acquire(&self, req: &Request<'_>, mut record: Record) -> Result<Acquired<Held>> {
-        if req.stale_after < MIN_TTL {
-            bail!(
-                "--stale-after {} is too short for an etcd lease: its TTL is --stale-after, renewed every third; \
-                 use at least {}s (default 30s)",
-                humantime::format_duration(req.stale_after),
-                MIN_TTL.as_secs()
-            );
-        }
         let timeout = call_timeout(req);
         let lease =
             Lease::grant(&self.client, req.stale_after, timeout).map_err(|err| self.failed("grant a lease", &err))?;
@@ -159,11 +151,10 @@ impl Kind for EtcdLock {
                 let _ = ready_writer.write_all(b"x");
             })
             .context("cannot start a thread")?;
-        let waited = Cell::new(false);
+        let waited = !ours;
         let tick = req.report.tick();
         let mut next_tick = Instant::now() + tick.unwrap_or(Duration::ZERO);
         if let Some(holder) = &holder {
-            waited.set(true);
             req.report.waiting(holder, Vec::new);
         }
         loop {
@@ -253,7 +244,7 @@ impl Kind for EtcdLock {
                 return Err(self.failed("check the lock after taking it", &err));
             }
         }
-        req.report.acquired(waited.get().then(|| req.deadline.elapsed()));
+        req.report.acquired(waited.then(|| req.deadline.elapsed()));
         Ok(Acquired::Held(Held {
             client: Arc::clone(&self.client),
             lease,

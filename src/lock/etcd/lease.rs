@@ -14,10 +14,6 @@ use std::time::{Duration, Instant};
 
 use super::client::{Client, RpcError};
 
-/// The shortest TTL that leaves room for renewals and a kill before expiry (etcd's
-/// own minimum with default settings is about 2 s).
-pub const MIN_TTL: Duration = Duration::from_secs(2);
-
 /// What the renewal thread has seen.
 #[derive(Debug, Clone)]
 struct Seen {

@@ -5,12 +5,30 @@
 //! A leaf module: no I/O but the one environment variable, no network.
 
 use std::fmt;
+use std::time::Duration;
 
 /// The variable `etcd:///NAME` takes its endpoints from (as etcdctl does).
 pub const ENDPOINTS_ENV: &str = "ETCDCTL_ENDPOINTS";
 
 /// etcd's client port, when an endpoint names none.
 const DEFAULT_PORT: u16 = 2379;
+
+/// The shortest lease TTL (`--stale-after`) an etcd LOCK takes: room for renewals and
+/// a kill before expiry (etcd's own minimum with default settings is about 2 s).
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// `--stale-after` for an etcd LOCK: the lease's TTL, at least [`MIN_TTL`].
+pub fn check_ttl(stale_after: Duration) -> Result<(), String> {
+    if stale_after < MIN_TTL {
+        return Err(format!(
+            "--stale-after {} is too short for an etcd lease: its TTL is --stale-after, renewed every third; \
+             use at least {}s (default 30s)",
+            humantime::format_duration(stale_after),
+            MIN_TTL.as_secs()
+        ));
+    }
+    Ok(())
+}
 
 /// A checked etcd LOCK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +201,16 @@ mod tests {
         assert!(err.contains("ETCDCTL_ENDPOINTS is not set"), "{err}");
         let err = Url::parse_with("etcds:///job", Some("http://a:1")).unwrap_err();
         assert!(err.contains("plain-HTTP"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_shorter_than_two_seconds_is_refused() {
+        assert!(check_ttl(Duration::from_secs(2)).is_ok());
+        let err = check_ttl(Duration::from_millis(1500)).unwrap_err();
+        assert!(
+            err.contains("--stale-after 1s 500ms is too short") && err.contains("at least 2s"),
+            "{err}"
+        );
     }
 
     #[test]
