@@ -658,13 +658,14 @@ fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
 fn etcd_round_trip(dir: &Path) {
     say!("## 6. etcd: lock -> `true` -> unlock on one local etcd");
     say!();
-    let installed = |program: &str| {
+    let installed = |program: &str, arg: &str| {
         Command::new(program)
-            .arg("--version")
+            .arg(arg)
+            .env("ETCDCTL_API", "3")
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !installed("etcd") || !installed("etcdctl") {
+    if !installed("etcd", "--version") || !installed("etcdctl", "version") {
         say!("Skipped: etcd or etcdctl is not installed (Debian: apt-get install etcd-server etcd-client).");
         say!();
         return;

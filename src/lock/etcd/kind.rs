@@ -64,7 +64,7 @@ impl EtcdLock {
                 "check that etcd runs at {} and that this is its client port (etcd --listen-client-urls)",
                 self.client.shown_endpoints()
             ),
-            RpcError::Server { message, .. } if message.contains("auth") || message.contains("permission") => {
+            RpcError::Server { message, .. } if ["auth", "permission", "user"].iter().any(|w| message.contains(w)) => {
                 format!(
                     "check {USER_ENV} (USER:PASSWORD) and that user's permissions on the prefix {}/",
                     self.url.name

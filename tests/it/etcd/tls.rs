@@ -162,5 +162,5 @@ fn etcdctl_user_authenticates_and_a_wrong_password_is_refused() {
         .env_remove("ETCDCTL_USER")
         .output()
         .unwrap();
-    assert_fails(&out, &[&url]);
+    assert_fails(&out, &[&url, "ETCDCTL_USER"]);
 }
