@@ -260,6 +260,12 @@ impl Client {
         Ok(int(&answer["header"]["revision"]))
     }
 
+    /// The key `key`, if it exists.
+    pub fn get(&self, key: &[u8], timeout: Duration) -> Result<Option<Kv>, RpcError> {
+        let answer = self.call("/v3/kv/range", &json!({"key": encode(key)}), Some(timeout))?;
+        Ok(kvs(&answer).into_iter().next())
+    }
+
     /// The keys under `prefix`, oldest first (by create revision), at most `limit` (0: all).
     pub fn range_prefix(&self, prefix: &[u8], limit: i64, timeout: Duration) -> Result<Vec<Kv>, RpcError> {
         let body = json!({
@@ -270,16 +276,7 @@ impl Client {
             "limit": limit.to_string(),
         });
         let answer = self.call("/v3/kv/range", &body, Some(timeout))?;
-        let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
-        Ok(kvs
-            .iter()
-            .map(|kv| Kv {
-                key: decode(kv["key"].as_str().unwrap_or_default()),
-                value: decode(kv["value"].as_str().unwrap_or_default()),
-                create_revision: int(&kv["create_revision"]),
-                lease: int(&kv["lease"]),
-            })
-            .collect())
+        Ok(kvs(&answer))
     }
 
     /// The Lock RPC: waits until the lock `name` is ours under lease `lease` (no time
@@ -322,6 +319,19 @@ impl Client {
             Err(err) => Err(err),
         }
     }
+}
+
+/// The keys of a range's answer.
+fn kvs(answer: &Value) -> Vec<Kv> {
+    let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
+    kvs.iter()
+        .map(|kv| Kv {
+            key: decode(kv["key"].as_str().unwrap_or_default()),
+            value: decode(kv["value"].as_str().unwrap_or_default()),
+            create_revision: int(&kv["create_revision"]),
+            lease: int(&kv["lease"]),
+        })
+        .collect()
 }
 
 /// A gRPC error as the gateway writes it: `{"error": "...", "code": N, "message": "..."}`.

@@ -222,12 +222,18 @@ impl Kind for EtcdLock {
             return Err(self.failed("take the lock", &err));
         }
         // etcd issue 11456: 3.4 can grant the lock on an expired lease. Our key must
-        // still be there, with our lease and create revision; the record gets its
-        // `since` as it does so.
-        record.since = crate::lock::file::now();
-        let still_ours = self
-            .client
-            .put_if_ours(&key, &record.to_line(), revision, lease.id, call_timeout(req));
+        // still be there, with our lease and create revision. After a wait, the
+        // record gets its `since` as it is checked (a write); without one, `since` is
+        // already right and a read checks it.
+        let still_ours = if waited {
+            record.since = crate::lock::file::now();
+            self.client
+                .put_if_ours(&key, &record.to_line(), revision, lease.id, call_timeout(req))
+        } else {
+            self.client
+                .get(&key, call_timeout(req))
+                .map(|kv| kv.is_some_and(|kv| kv.lease == lease.id && kv.create_revision == revision))
+        };
         match still_ours {
             Ok(true) => {}
             Ok(false) => {
