@@ -62,12 +62,7 @@ impl Guard for Held {
             return Some(Instant::now());
         }
         let (renewal, lost_at) = self.lease.due();
-        let checked = self.checked.get();
-        Some(if renewal > checked {
-            renewal
-        } else {
-            (checked + self.poll()).min(lost_at)
-        })
+        Some(next_look(renewal, lost_at, self.checked.get(), self.poll()))
     }
 
     fn check(&self) -> Health {
@@ -125,5 +120,36 @@ impl Holding for Held {
                 self.lease.ttl.as_secs()
             )),
         }
+    }
+}
+
+/// When the guard looks next: when the renewal is due, if it has not looked since;
+/// else (the renewal is outstanding) `poll` after its last look, but no later than
+/// the moment the lease counts as lost.
+fn next_look(renewal: Instant, lost_at: Instant, checked: Instant, poll: Duration) -> Instant {
+    if renewal > checked {
+        renewal
+    } else {
+        (checked + poll).min(lost_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_looks_when_a_renewal_is_due_then_polls_up_to_the_loss() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let poll = Duration::from_millis(300);
+        // Acknowledged at t0, TTL 30 s: renewal due at 10 s, lost at 20 s.
+        let (renewal, lost_at) = (t0 + s(10), t0 + s(20));
+        assert_eq!(next_look(renewal, lost_at, t0, poll), renewal);
+        // Looked at 10 s, no answer yet: again shortly.
+        assert_eq!(next_look(renewal, lost_at, renewal, poll), renewal + poll);
+        // Never past the loss.
+        let late = lost_at - Duration::from_millis(100);
+        assert_eq!(next_look(renewal, lost_at, late, poll), lost_at);
     }
 }

@@ -93,7 +93,8 @@ fn a_partition_stops_the_command_tree_before_the_lease_expires() {
 
 #[test]
 fn a_killed_leader_loses_nothing() {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let free = free_ports(6);
+    let ports: Vec<(u16, u16)> = (0..3).map(|i| (free[2 * i], free[2 * i + 1])).collect();
     let cluster = ports
         .iter()
         .enumerate()

@@ -23,10 +23,15 @@ use crate::common::*;
 
 /// A port nobody listens on now (bound to port 0, then let go).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct ports nobody listens on now: all bound at once, then let go.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 /// One etcd member, killed (SIGKILL) on drop.
@@ -49,7 +54,13 @@ pub struct Setup {
 impl Etcd {
     /// A single-node server, healthy.
     pub fn start() -> Etcd {
-        let etcd = Etcd::spawn("t", free_port(), &Setup::default());
+        let ports = free_ports(2);
+        let cluster = format!("t=http://127.0.0.1:{}", ports[1]);
+        let setup = Setup {
+            cluster: Some((cluster, ports[1])),
+            tls: None,
+        };
+        let etcd = Etcd::spawn("t", ports[0], &setup);
         etcd.wait_healthy();
         etcd
     }

@@ -90,15 +90,16 @@ fn with_tls(dir: &Path, args: &[&str]) -> Command {
 fn etcds_urls_use_tls_with_a_client_certificate() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
+    let ports = free_ports(2);
     let setup = Setup {
-        cluster: None,
+        cluster: Some((format!("tls=http://127.0.0.1:{}", ports[1]), ports[1])),
         tls: Some((
             certs.path().join("server.pem"),
             certs.path().join("server.key"),
             certs.path().join("ca.pem"),
         )),
     };
-    let etcd = Etcd::spawn("tls", free_port(), &setup);
+    let etcd = Etcd::spawn("tls", ports[0], &setup);
     let url = format!("etcds://{}/secure", etcd.endpoint());
     wait_until(Duration::from_secs(20), "etcd answers over TLS", || {
         with_tls(certs.path(), &["--status", &url])
