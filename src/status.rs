@@ -32,6 +32,13 @@ pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> st
     let lines: Vec<(Verdict, String, Value)> = match state {
         Ok(State::Free) => vec![(Verdict::Free, format!("{shown}: free"), json!({"state": "free"}))],
         Ok(State::Holders(holders)) => holders.iter().map(|holder| holder_line(&shown, holder)).collect(),
+        Ok(State::HeldByOther(what, waiters)) => std::iter::once((
+            Verdict::Held,
+            format!("{shown}: held by a client that is not xlock: {}", escape::text(what)),
+            json!({"state": "held", "holder": what}),
+        ))
+        .chain(waiters.iter().map(|waiter| holder_line(&shown, waiter)))
+        .collect(),
         Ok(State::Foreign(why)) => vec![(
             Verdict::Error,
             format!("{shown}: foreign file: {}; not an xlock lock file", escape::text(why)),

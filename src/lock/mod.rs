@@ -14,7 +14,7 @@
 //! | `name` (XLOCK_PATH) | absolute LOCK | absolute LOCK | the `etcd://…/NAME` URL |
 //! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over | a holder record per share or slot, each with its own kernel locks; writer preference and slot choice in the layout | lease (TTL = `--stale-after`, renewed on a thread from the start), our record put at our key `NAME/<lease hex>`, the Lock RPC with the lease on a thread while this one keeps deadline, signals and notice; check own key and lease after (etcd 11456) |
 //! | `nested` | the record at LOCK carries an inherited nonce | any holder's record does; an exclusive request under a shared ancestor: error "cannot upgrade" | the key's value (a record) carries an inherited nonce |
-//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign) | every holder, one [`Holder`] each (mode or slot) | the key's holder, waiters in create-revision order ([`HolderState::Waiting`]) |
+//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign) | every holder, one [`Holder`] each (mode or slot) | the key's holder, waiters in create-revision order ([`HolderState::Waiting`]); a holder that is not xlock (`etcdctl lock`): [`State::HeldByOther`] |
 //! | `identity` (XLOCK_PATH, XLOCK_HELD) | absolute LOCK + nonce | absolute LOCK + this holder's nonce | the `etcd://…/NAME` URL + nonce |
 //! | `env` | nothing | `XLOCK_SLOT` = slot (slots only) | `XLOCK_TOKEN` = the key's create revision |
 //! | `inherit` | the command lock's descriptor (none with `--close`) | this holder's command lock | none (the lease cannot be inherited) |
@@ -204,6 +204,9 @@ pub enum State {
     Holders(Vec<Holder>),
     /// Not a lock record; why.
     Foreign(String),
+    /// Held by a client that is not xlock (etcd: `etcdctl lock`, another program using
+    /// etcd's lock API), described; then the xlock waiters in line.
+    HeldByOther(String, Vec<Holder>),
 }
 
 /// One holder of a lock, as `--status` sees it.

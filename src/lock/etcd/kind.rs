@@ -276,26 +276,37 @@ impl Kind for EtcdLock {
         let Some(first) = queue.first() else {
             return Ok(State::Free);
         };
-        let mut holders = Vec::new();
-        for (position, kv) in queue.iter().enumerate() {
-            let Some(record) = record_of(kv) else {
-                if position == 0 {
-                    return Ok(State::Foreign(format!(
-                        "held by a client that is not xlock (key {}, lease {:x}, create revision {})",
-                        String::from_utf8_lossy(&first.key),
-                        first.lease,
-                        first.create_revision
-                    )));
-                }
-                continue;
-            };
-            let state = if position == 0 {
-                HolderState::Held { orphans: Vec::new() }
-            } else {
-                HolderState::Waiting { position }
-            };
-            holders.push(Holder { record, state });
-        }
-        Ok(State::Holders(holders))
+        // The first key holds the lock; the others wait, in line. Keys that are not
+        // xlock's records (etcdctl lock) are in line too, but only a holder is named.
+        let waiters: Vec<Holder> = queue
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(position, kv)| {
+                record_of(kv).map(|record| Holder {
+                    record,
+                    state: HolderState::Waiting { position },
+                })
+            })
+            .collect();
+        Ok(match record_of(first) {
+            Some(record) => State::Holders(
+                std::iter::once(Holder {
+                    record,
+                    state: HolderState::Held { orphans: Vec::new() },
+                })
+                .chain(waiters)
+                .collect(),
+            ),
+            None => State::HeldByOther(
+                format!(
+                    "key {}, lease {:x}, create revision {}",
+                    String::from_utf8_lossy(&first.key).escape_default(),
+                    first.lease,
+                    first.create_revision
+                ),
+                waiters,
+            ),
+        })
     }
 }

@@ -227,3 +227,37 @@ fn an_unreachable_endpoint_fails_in_one_line_within_the_timeout() {
     let out = xlock(["--status", url.as_str()]).output().unwrap();
     assert_eq!(out.status.code(), Some(125));
 }
+
+#[test]
+fn a_holder_that_is_not_xlock_is_waited_for_and_reported() {
+    let etcd = Etcd::start();
+    let port = etcd.client_port;
+    // What `etcdctl lock other` does: a lease, and the Lock RPC with it ("b3RoZXI=" is "other").
+    let grant = post(port, "/v3/lease/grant", r#"{"TTL":"30"}"#).unwrap();
+    let lease: serde_json::Value = serde_json::from_str(&grant).unwrap();
+    let id = lease["ID"].as_str().unwrap().to_owned();
+    let locked = post(
+        port,
+        "/v3/lock/lock",
+        &format!(r#"{{"name":"b3RoZXI=","lease":"{id}"}}"#),
+    )
+    .unwrap();
+    assert!(locked.contains("\"key\""), "{locked}");
+    let url = etcd.url("other");
+    let out = xlock(["--status", url.as_str()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("{url}: held by a client that is not xlock: key other/")),
+        "{text}"
+    );
+    let out = xlock(["-n", url.as_str(), "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    // In line behind it; served once it lets go.
+    let mut waiter = Running::start(xlock([url.as_str(), "-c", "echo got"]));
+    wait_for_queue(&url, 2);
+    assert_eq!(status(&url)[1]["state"], "waiting");
+    post(port, "/v3/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#)).unwrap();
+    assert_eq!(waiter.line(), "got");
+    assert!(waiter.wait().success());
+}
