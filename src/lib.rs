@@ -40,7 +40,7 @@ use nix::sys::signal::Signal;
 use crate::cli::{CommandSpec, Config, Parsed};
 use crate::exit::Exit;
 use crate::liveness::Identity;
-use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Released, Request};
+use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Released, Request, SharedLock};
 use crate::record::Record;
 use crate::report::Reporter;
 use crate::signals::Signals;
@@ -75,7 +75,8 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
 }
 
 /// Runs the command under the lock `config` names. The kind of lock is chosen here
-/// (the exclusive file lock, for now); the rest of the flow is the same for every kind.
+/// (the exclusive file lock, or a shared lock or slots: SPEC §9); the rest of the
+/// flow is the same for every kind.
 fn execute(config: &Config) -> Result<Exit> {
     let signals = Signals::block()?;
     let deadline = Deadline::after(match config.wait {
@@ -83,8 +84,13 @@ fn execute(config: &Config) -> Result<Exit> {
         cli::Wait::Upto(d) => Some(d),
     });
     let me = Identity::current()?;
-    let kind = FileLock::new(&config.lock)?;
-    execute_with(&kind, config, deadline, &me, &signals)
+    match config.mode {
+        cli::LockMode::Exclusive => execute_with(&FileLock::new(&config.lock)?, config, deadline, &me, &signals),
+        cli::LockMode::Shared => execute_with(&SharedLock::new(&config.lock, None)?, config, deadline, &me, &signals),
+        cli::LockMode::Slots(n) => {
+            execute_with(&SharedLock::new(&config.lock, Some(n))?, config, deadline, &me, &signals)
+        }
+    }
 }
 
 /// The flow over the lock seam (`lock::Kind`, `lock::Holding`): nesting, acquire, run
@@ -133,6 +139,10 @@ fn execute_with<K: Kind>(
             CommandSpec::Argv(words) => record::describe_argv(words),
             CommandSpec::Shell(text) => record::describe_shell(text),
         },
+        // Set by the kind (SPEC §9); none for the exclusive lock.
+        mode: None,
+        slots: None,
+        slot: None,
     };
     let request = Request {
         deadline,

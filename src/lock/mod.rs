@@ -42,7 +42,10 @@ mod file;
 mod held;
 mod inspect;
 mod kernel;
+mod members;
 mod path;
+mod shared;
+mod slots;
 mod theirs;
 mod wait;
 
@@ -54,6 +57,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 pub use self::file::FileLock;
+pub use self::shared::SharedLock;
 use crate::liveness::{Identity, Stale};
 use crate::nesting::Inherited;
 use crate::record::Record;
@@ -215,6 +219,10 @@ pub enum HolderState {
     /// Held: by a live xlock, or, if `orphans` is not empty, by the command tree of an
     /// xlock that has ended (these processes, PID and name, still have the file open).
     Held { orphans: Vec<(i32, String)> },
+    /// Next in line, holding LOCK (the gate) while members hold the lock: a writer
+    /// waiting out the shared holders, a slot waiter, or a shared acquirer being
+    /// admitted (SPEC §9).
+    Waiting,
     /// The holder is gone; the next acquirer takes the lock over, unless `blocked`
     /// says why this user cannot (another user's file in a sticky directory).
     Stale { why: Stale, blocked: Option<String> },
