@@ -87,9 +87,13 @@ fn execute(config: &Config) -> Result<Exit> {
     match config.mode {
         cli::LockMode::Exclusive => execute_with(&FileLock::new(&config.lock)?, config, deadline, &me, &signals),
         cli::LockMode::Shared => execute_with(&SharedLock::new(&config.lock, None)?, config, deadline, &me, &signals),
-        cli::LockMode::Slots(n) => {
-            execute_with(&SharedLock::new(&config.lock, Some(n))?, config, deadline, &me, &signals)
-        }
+        cli::LockMode::Slots(n) => execute_with(
+            &SharedLock::new(&config.lock, Some(n))?,
+            config,
+            deadline,
+            &me,
+            &signals,
+        ),
     }
 }
 

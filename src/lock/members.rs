@@ -206,7 +206,10 @@ pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> R
 pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
-    for (name, kind) in list(dir).map_err(|err| cannot("read", escape::path(dir), &err))?.unwrap_or_default() {
+    for (name, kind) in list(dir)
+        .map_err(|err| cannot("read", escape::path(dir), &err))?
+        .unwrap_or_default()
+    {
         if kind != Name::Shared {
             if let Some(theirs) = read(dir, &name).map_err(|err| cannot("read", escape::path(dir), &err))? {
                 return Err(mismatch(lock, "--shared", &theirs));

@@ -175,6 +175,8 @@ impl Deadline {
 }
 
 /// What [`Kind::acquire`] came to.
+// Returned once per acquire: boxing the record would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Acquired<H> {
     Held(H),
     /// The deadline passed: the holder's record, if one was read, and the processes

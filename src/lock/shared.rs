@@ -122,7 +122,14 @@ impl Kind for SharedLock {
 
     fn acquire(&self, req: &Request<'_>, mut record: Record) -> Result<Acquired<Member>> {
         let started = Instant::now();
-        record.mode = Some(if self.slots.is_some() { Mode::SLOTS } else { Mode::SHARED }.into());
+        record.mode = Some(
+            if self.slots.is_some() {
+                Mode::SLOTS
+            } else {
+                Mode::SHARED
+            }
+            .into(),
+        );
         record.slots = self.slots;
         // A LOCK of another kind: say so at once rather than after waiting for it.
         if let Found::Record(theirs) = open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {

@@ -22,6 +22,7 @@ mod nesting_paths;
 mod protocol;
 mod protocol_tree;
 mod pty;
+mod shared;
 mod signals;
 mod signals_ignored;
 mod status;
