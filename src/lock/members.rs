@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
+use super::claim;
 use super::file;
 use super::held::Held;
 use super::inspect;
@@ -227,7 +228,38 @@ pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, recor
             held.release(false)?;
         }
     }
+    sweep_orphans(dir, &step_req);
     Ok(())
+}
+
+/// Removes the orphaned temp and claim files in the members directory (`.MEMBER.…`,
+/// left by members that crashed while joining or taking over), as `claim::sweep`
+/// does next to LOCK: a file whose creator is alive is never touched.
+pub(super) fn sweep_orphans(dir: &Path, req: &Request<'_>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut names = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(member) = name.as_bytes().strip_prefix(b".").and_then(member_of_side_file) {
+            names.insert(OsString::from(std::ffi::OsStr::from_bytes(member)));
+        }
+    }
+    for name in names {
+        if let Ok(member) = member_path(dir, &name) {
+            claim::sweep(&member, req, Locking::from_env());
+        }
+    }
+}
+
+/// The member name that a side file's name (without its leading `.`) starts with.
+fn member_of_side_file(rest: &[u8]) -> Option<&[u8]> {
+    let end = if rest.len() > 32 && rest[..32].iter().all(u8::is_ascii_hexdigit) {
+        32
+    } else {
+        let k = rest.strip_prefix(b"slot.")?;
+        "slot.".len() + k.iter().position(|&b| b == b'.')?
+    };
+    (rest.get(end) == Some(&b'.') && Name::of(&rest[..end]).is_some()).then(|| &rest[..end])
 }
 
 /// The exclusive lock's last step (SPEC §9): holding LOCK, which shared acquirers
@@ -274,6 +306,7 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
             Err(err) => return give_up(held, Err(err)),
         }
     }
+    sweep_orphans(&dir, &step_req);
     remove_dir_if_empty(&dir);
     Ok(Acquired::Held(held))
 }
@@ -402,5 +435,19 @@ mod tests {
             assert_eq!(Name::of(other), None, "{}", String::from_utf8_lossy(other));
         }
         assert_eq!(slot_name(3), "slot.3");
+    }
+
+    #[test]
+    fn side_files_name_their_member() {
+        let of = |name: &str| member_of_side_file(name.as_bytes()).map(|m| String::from_utf8_lossy(m).into_owned());
+        let nonce = "0123456789abcdef0123456789abcdef";
+        assert_eq!(of(&format!("{nonce}.{nonce}.xlock-tmp")).as_deref(), Some(nonce));
+        assert_eq!(
+            of(&format!("slot.12.{nonce}-3.xlock-claim")).as_deref(),
+            Some("slot.12")
+        );
+        assert_eq!(of(&format!("slot.{nonce}.xlock-tmp")), None);
+        assert_eq!(of("slot.1"), None);
+        assert_eq!(of(&format!("{nonce}")), None);
     }
 }

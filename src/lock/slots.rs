@@ -1,7 +1,8 @@
 //! Choosing a slot (SPEC §9, `--slots N`), holding the gate (`shared.rs`): the lowest
 //! free slot K gets a member record `slot.K`; a slot whose holder crashed is taken
-//! over (the gate makes this waiter the only one that can); a LOCK used with another
-//! N, or with exclusive/shared locks, is an error naming both.
+//! over (the gate makes this waiter the only one that can), and other crashed
+//! holders' records on the way are removed; a LOCK used with another N, or with
+//! exclusive/shared locks, is an error naming both.
 //!
 //! All N busy: this waiter keeps the gate (it is next in line; the others queue on
 //! the gate's kernel locks) and waits for any member to end. There is no kernel
@@ -25,7 +26,7 @@ use super::members::{self, look, mismatch, slot_name, step_request, try_take, Lo
 use super::path::LockPath;
 use super::shared::Member;
 use super::wait::{pause, Outcome, Paused, POLL_FIRST};
-use super::{Acquired, Request};
+use super::{Acquired, Holding, Request};
 use crate::error::cannot;
 use crate::escape;
 use crate::liveness::Locking;
@@ -80,6 +81,8 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         let mut attempted = false;
         let mut busy: Option<Record> = None;
         let mut restart = false;
+        // The slot we take, and stale slots cleared on the way (nothing left behind).
+        let mut mine = None;
         // The lowest free slot is at most taken.len(): look no further.
         for k in 0..n.min(u32::try_from(taken.len()).unwrap_or(u32::MAX).saturating_add(1)) {
             let theirs = if taken.contains_key(&k) {
@@ -96,6 +99,8 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
                     }
                     Look::MayBeGone(theirs) => Some(theirs),
                 }
+            } else if mine.is_some() {
+                continue;
             } else {
                 None
             };
@@ -103,7 +108,10 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
             let mut ours = record.clone();
             ours.slot = Some(k);
             match try_take(&members::member_path(&dir, slot_name(k))?, &step_req, &ours) {
-                Ok(Some(held)) => return Ok(Member::of(Acquired::Held(held), lock, Some(k))),
+                Ok(Some(held)) if mine.is_none() => mine = Some((k, held)),
+                Ok(Some(stale)) => {
+                    stale.release(false)?;
+                }
                 Ok(None) => {
                     attempted = true;
                     if let Some(theirs) = theirs.or_else(|| members::read(&dir, &slot_name(k).into()).ok().flatten()) {
@@ -111,12 +119,18 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
                     }
                 }
                 // The last member to leave removed the directory under us: again.
-                Err(_) if !dir.is_dir() => {
+                Err(_) if mine.is_none() && !dir.is_dir() => {
                     restart = true;
                     break;
                 }
                 Err(err) => return Err(err),
             }
+        }
+        if let Some((k, held)) = mine {
+            if !fresh {
+                members::sweep_orphans(&dir, &step_request(req, &step));
+            }
+            return Ok(Member::of(Acquired::Held(held), lock, Some(k)));
         }
         if restart {
             continue;

@@ -30,4 +30,5 @@ mod status_docs;
 mod status_escapes;
 mod status_notice;
 mod stress;
+mod stress_shared;
 mod stress_tree;
