@@ -1,5 +1,5 @@
 //! The lock (SPEC §4, §9, §10): the one seam through which a kind of lock plugs into
-//! xlock's flow, and the exclusive file lock, the kind there is today.
+//! xlock's flow, the exclusive file lock, and shared locks and slots built on it.
 //!
 //! `lib.rs` runs the same flow for every kind: [`Kind::nested`] (is an ancestor the
 //! holder?), [`Kind::acquire`], then, while the command runs, the held lock's
@@ -9,18 +9,18 @@
 //!
 //! What each kind does for each method:
 //!
-//! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, issue 14) | etcd (§10, issue 15) |
+//! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, [`SharedLock`]) | etcd (§10, issue 15) |
 //! |---|---|---|---|
 //! | `name` (XLOCK_PATH) | absolute LOCK | absolute LOCK | the `etcd://…/NAME` URL |
-//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over | a holder record per share or slot, each with its own kernel locks; writer preference and slot choice in the layout | lease (TTL = `--stale-after`), Lock RPC with it; check own key and lease after (etcd 11456) |
-//! | `nested` | the record at LOCK carries an inherited nonce | any holder's record does; an exclusive request under a shared ancestor: error "cannot upgrade" | the key's value (a record) carries an inherited nonce |
-//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign) | every holder, one [`Holder`] each (mode or slot) | the key's holder, waiters in create-revision order |
+//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over; then, if the members directory exists, drain it: wait out every shared holder while holding LOCK (writer preference) | take LOCK as the gate; write a member record (an exclusive file lock of its own) in `.NAME.xlock-members/`: named by the nonce (shared) or `slot.K` (lowest free slot; all busy: keep the gate, wait with inotify); release the gate | lease (TTL = `--stale-after`), Lock RPC with it; check own key and lease after (etcd 11456) |
+//! | `nested` | the record at LOCK carries an inherited nonce; a member's does: error "cannot upgrade" | a member's record (same kind) or LOCK's (exclusive ancestor, shared request) does; another kind: error | the key's value (a record) carries an inherited nonce |
+//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign); with members: as for shared | every member, one [`Holder`] each (mode or slot), and LOCK's holder as [`HolderState::Waiting`] | the key's holder, waiters in create-revision order |
 //! | `identity` (XLOCK_PATH, XLOCK_HELD) | absolute LOCK + nonce | absolute LOCK + this holder's nonce | the `etcd://…/NAME` URL + nonce |
 //! | `env` | nothing | `XLOCK_SLOT` = slot (slots only) | `XLOCK_TOKEN` = the key's create revision |
 //! | `inherit` | the command lock's descriptor (none with `--close`) | this holder's command lock | none (the lease cannot be inherited) |
 //! | `Guard::next_check` | last beat + `--stale-after`/3 | the same, per holder record | last acknowledged renewal's send time + TTL/3 |
 //! | `Guard::check` | verify inode + nonce, bump mtime; an I/O error is not loss | the same on this holder's record | lease keepalive; `Lost` with `kill_by` ≈ 1 s before lease expiry when a third or less of the TTL remains unacknowledged, at once on TTL 0 |
-//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same, per holder record | unlock, revoke the lease |
+//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same on the member record, then `rmdir` of the members directory if empty; never takes the gate | unlock, revoke the lease |
 //!
 //! [`Released`] has a third outcome: the lock left to the command's tree (SPEC §4.5,
 //! issue 13); a kind without a command lock (etcd) never leaves it.
@@ -35,6 +35,11 @@
 //! - [`held`]: the held lock: heartbeat, loss, release (§4.4, §4.5).
 //! - [`inspect`]: `--status`'s look at LOCK (§2).
 //! - [`file`]: the kind itself and its acquire loop (§4.3).
+//!
+//! Shared locks and slots (§9), on top of those (docs/design.md, "Shared locks and slots"):
+//! - [`shared`]: the kind [`SharedLock`] and its held [`shared::Member`]: LOCK as the gate, admission.
+//! - [`members`]: the members directory: the exclusive lock's drain, sweeps, one kind per LOCK, nesting, `--status`.
+//! - [`slots`]: choosing a slot; waiting for any of N (inotify).
 
 mod candidate;
 mod claim;
