@@ -448,6 +448,6 @@ mod tests {
         );
         assert_eq!(of(&format!("slot.{nonce}.xlock-tmp")), None);
         assert_eq!(of("slot.1"), None);
-        assert_eq!(of(&format!("{nonce}")), None);
+        assert_eq!(of(nonce), None);
     }
 }

@@ -127,6 +127,7 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
             }
         }
         if let Some((k, held)) = mine {
+            req.report.done_waiting();
             if !fresh {
                 members::sweep_orphans(&dir, &step_request(req, &step));
             }
