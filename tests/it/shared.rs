@@ -5,6 +5,7 @@
 //! per holder, crashes free a share or slot at once and exactly one waiter takes a
 //! stale one over, nesting, `--status`, and nothing left behind.
 
+use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
@@ -386,4 +387,32 @@ fn nesting_shared_runs_and_exclusive_under_shared_is_refused(t: Mode) {
         stderr(&out)
     );
     assert_nothing_left(&sandbox, &[]);
+}
+
+/// SPEC §6 per holder: a LOCK that is not a lock record, or whose directory is missing,
+/// is exit 125 naming it, for shared locks and slots as for the exclusive lock, and
+/// nothing is changed; a file xlock did not make in the members directory is left.
+#[test]
+fn bad_input_is_refused_and_left_as_it_was() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("data.lock");
+    fs::write(&data, "user data\n").unwrap();
+    let missing = sandbox.path("missing/dir.lock");
+    for kind in [&["-s"][..], &["--slots", "2"][..]] {
+        let out = run(Mode::Unnamed, kind, &data, "echo ran");
+        assert_fails(&out, &["data.lock", "not an xlock lock file"]);
+        let out = run(Mode::Unnamed, kind, &missing, "echo ran");
+        assert_fails(&out, &["missing", "does not exist"]);
+    }
+    assert_eq!(fs::read_to_string(&data).unwrap(), "user data\n");
+    let lock = sandbox.lock();
+    let members = sandbox.path(".test.lock.xlock-members");
+    fs::create_dir(&members).unwrap();
+    fs::write(members.join("notes"), "mine\n").unwrap();
+    for kind in [&["-s"][..], &[][..]] {
+        let out = run(Mode::Unnamed, kind, &lock, "echo ran");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n", "{}", stderr(&out));
+    }
+    assert_eq!(fs::read_to_string(members.join("notes")).unwrap(), "mine\n");
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "data.lock"]);
 }
