@@ -32,8 +32,9 @@ use super::inspect;
 use super::kernel::{command_lock_held, KernelLock};
 use super::path::LockPath;
 use super::theirs::{open_record, Found};
+use super::wait::{wait_out, Outcome};
 use super::{Acquired, Deadline, Holder, HolderState, Holding, Inherit, Request, State};
-use crate::error::cannot;
+use crate::error::{cannot, read_error};
 use crate::escape;
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
@@ -264,9 +265,10 @@ fn member_of_side_file(rest: &[u8]) -> Option<&[u8]> {
 
 /// The exclusive lock's last step (SPEC §9): holding LOCK, which shared acquirers
 /// must pass through, wait out every shared holder, each on its kernel locks with the
-/// same deadline and signals, taking a crashed one's record away. The uncontended
-/// path pays one failed lookup of the directory. On a timeout or a signal, LOCK is
-/// released again; a LOCK used with `--slots` is an error.
+/// same deadline and signals (`wait_out`, as for LOCK's own holder), taking a crashed
+/// one's record away. The uncontended path pays one failed lookup of the directory.
+/// On a timeout or a signal, LOCK is released again; a LOCK used with `--slots` is an
+/// error.
 pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Acquired<Held>> {
     let dir = lock.members_dir();
     let members = match list(&dir) {
@@ -274,41 +276,55 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
         Ok(Some(members)) => members,
         Err(err) => return give_up(held, Err(cannot("read", escape::path(&dir), &err))),
     };
-    let record = match own_record(&held) {
-        Ok(record) => record,
-        Err(err) => return give_up(held, Err(err)),
-    };
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
     for (name, kind) in members {
-        if let Name::Slot(_) = kind {
-            match read(&dir, &name) {
-                Ok(Some(theirs)) => return give_up(held, Err(mismatch(lock, "an exclusive lock", &theirs))),
+        let outcome = match kind {
+            Name::Slot(_) => match read(&dir, &name) {
+                Ok(Some(theirs)) => Err(mismatch(lock, "an exclusive lock", &theirs)),
                 Ok(None) => continue,
-                Err(err) => return give_up(held, Err(cannot("read", escape::path(&dir), &err))),
-            }
-        }
-        let member = match member_path(&dir, &name) {
-            Ok(member) => member,
-            Err(err) => return give_up(held, Err(err)),
+                Err(err) => Err(cannot("read", escape::path(&dir), &err)),
+            },
+            Name::Shared => wait_for_member(&dir, &name, &step_req, &held),
         };
-        match file::acquire(&member, &step_req, record.clone()) {
-            Ok(Acquired::Held(theirs_gone)) => {
-                if let Err(err) = theirs_gone.release(false) {
-                    return give_up(held, Err(err));
-                }
-            }
-            Ok(Acquired::Busy(holder, command)) => return give_up(held, Ok(Acquired::Busy(holder, command))),
-            Ok(Acquired::Interrupted(signal)) => return give_up(held, Ok(Acquired::Interrupted(signal))),
-            // The last member left and removed the directory: none is left to wait for
-            // (none can join while we hold LOCK).
-            Err(_) if !dir.is_dir() => break,
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(stop)) => return give_up(held, Ok(stop)),
             Err(err) => return give_up(held, Err(err)),
         }
     }
     sweep_orphans(&dir, &step_req);
     remove_dir_if_empty(&dir);
     Ok(Acquired::Held(held))
+}
+
+/// Waits until shared member `name` has left, or has crashed and its record is
+/// removed; `Ok(Some(..))` if the deadline or a signal ended the wait.
+fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) -> Result<Option<Acquired<Held>>> {
+    let member = member_path(dir, name)?;
+    loop {
+        let theirs = match open_record(&member.path).map_err(|err| read_error(member.shown(), err))? {
+            Found::Record(theirs) => theirs,
+            Found::Vanished | Found::Foreign(_) => return Ok(None),
+        };
+        let mut waited = false;
+        let outcome = wait_out(&theirs, &member, req, held.locking, &mut waited);
+        req.report.done_waiting();
+        match outcome? {
+            Outcome::Left => return Ok(None),
+            Outcome::Stale(_) => {
+                // Its kernel locks are dropped with our descriptor; then its record is
+                // taken over and removed by the member's own protocol.
+                let record = own_record(held)?;
+                drop(theirs);
+                if let Some(stale) = try_take(&member, req, &record)? {
+                    stale.release(false)?;
+                    return Ok(None);
+                }
+            }
+            stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => return Ok(Some(stop.into_acquired(&theirs))),
+        }
+    }
 }
 
 /// Releases LOCK (the gate) and returns `outcome`; an error of the release is said
