@@ -11,12 +11,14 @@
 //! and exactly one waiter at a time can take a crashed member's share or slot over.
 //! Leaving never takes the gate: a releasing reader must not queue behind a writer.
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use nix::sys::inotify::Inotify;
 
 use super::file;
 use super::held::Held;
@@ -185,7 +187,6 @@ impl Kind for SharedLock {
 
 /// A share or a slot held by this process: its member record, an exclusive file lock
 /// of its own (heartbeat, loss, command lock, release as SPEC §4.4–4.5 say).
-#[derive(Debug)]
 pub struct Member {
     held: Held,
     /// LOCK's absolute path, for `XLOCK_PATH` and `XLOCK_HELD`.
@@ -193,26 +194,42 @@ pub struct Member {
     /// The members directory, removed by the last member to leave.
     dir: PathBuf,
     slot: Option<u32>,
+    /// The slot waiter's inotify instance, closed once the command has started.
+    closing: Cell<Option<Inotify>>,
 }
 
 impl Member {
-    /// The member `acquired` (a record in `lock`'s members directory) as a [`Member`].
+    /// `held`, a record in `lock`'s members directory, as a [`Member`].
+    pub(super) fn new(held: Held, lock: &LockPath, slot: Option<u32>) -> Member {
+        Member {
+            held,
+            lock: lock.path.clone(),
+            dir: lock.members_dir(),
+            slot,
+            closing: Cell::new(None),
+        }
+    }
+
+    /// The member `acquired` as a [`Member`].
     pub(super) fn of(acquired: Acquired<Held>, lock: &LockPath, slot: Option<u32>) -> Acquired<Member> {
         match acquired {
-            Acquired::Held(held) => Acquired::Held(Member {
-                held,
-                lock: lock.path.clone(),
-                dir: lock.members_dir(),
-                slot,
-            }),
+            Acquired::Held(held) => Acquired::Held(Member::new(held, lock, slot)),
             Acquired::Busy(holder, command) => Acquired::Busy(holder, command),
             Acquired::Interrupted(signal) => Acquired::Interrupted(signal),
         }
+    }
+
+    /// Keeps `watch` open until the command has started (the first
+    /// [`Guard::next_check`], which supervision asks right after the spawn): its close
+    /// is slow, and must not delay the command.
+    pub(super) fn close_after_start(&mut self, watch: Option<Inotify>) {
+        self.closing = Cell::new(watch);
     }
 }
 
 impl Guard for Member {
     fn next_check(&self) -> Option<Instant> {
+        drop(self.closing.take());
         self.held.next_check()
     }
 

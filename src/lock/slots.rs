@@ -40,18 +40,6 @@ fn watched() -> AddWatchFlags {
     AddWatchFlags::IN_DELETE | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_FROM
 }
 
-/// Closes an inotify instance off the hand-off's path: closing one waits for the
-/// kernel's SRCU grace period (fsnotify_destroy_group), measured at 5–20 ms, which would
-/// delay the command's start. A thread of its own does it; by the time xlock exits,
-/// after its command, it is long done.
-fn close_later(watch: Inotify) {
-    let closing = std::thread::Builder::new().name("inotify-close".into()).spawn(move || drop(watch));
-    if let Err(err) = closing {
-        // No thread to spare: close it here, slowly.
-        drop(err);
-    }
-}
-
 /// Holding the gate of `lock`: takes the lowest free slot of `n`, waiting (as `req`
 /// says) for one to become free.
 pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record) -> Result<Acquired<Member>> {
@@ -140,13 +128,15 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         }
         if let Some((k, held)) = mine {
             req.report.done_waiting();
-            if let Some(watch) = watch.take() {
-                close_later(watch);
-            }
             if !fresh {
                 members::sweep_orphans(&dir, &step_request(req, &step));
             }
-            return Ok(Member::of(Acquired::Held(held), lock, Some(k)));
+            let mut member = Member::new(held, lock, Some(k));
+            // Closing an inotify instance waits for the kernel's SRCU grace period
+            // (fsnotify_destroy_group; 5–20 ms measured under load): not before the
+            // command has started.
+            member.close_after_start(watch.take());
+            return Ok(Acquired::Held(member));
         }
         if restart {
             continue;
