@@ -78,6 +78,46 @@ impl SharedLock {
         }
     }
 
+    /// The uncontended path: nobody holds anything (this xlock makes the members
+    /// directory), so join without the gate, then look at LOCK. A writer links LOCK
+    /// before it looks at the members, so if LOCK is still absent once our record is
+    /// in place, the writer's look will find it and wait for us. If LOCK is there (a
+    /// writer, or an acquirer next in line), leave again and queue at the gate.
+    fn join_at_once(&self, req: &Request<'_>, record: &Record) -> Result<Option<Member>> {
+        let dir = self.lock.members_dir();
+        if !members::make_dir(&self.lock, &dir)? {
+            return Ok(None);
+        }
+        let step = req.report.for_step();
+        let step_req = Request {
+            inherit: req.inherit,
+            ..step_request(req, &step)
+        };
+        let (name, slot) = match self.slots {
+            None => (record.nonce.clone(), None),
+            Some(_) => (members::slot_name(0), Some(0)),
+        };
+        let mut ours = record.clone();
+        ours.slot = slot;
+        let held = match members::try_take(&members::member_path(&dir, &name)?, &step_req, &ours) {
+            Ok(Some(held)) => held,
+            // Another acquirer came first, or the directory went again: the gate.
+            Ok(None) => return Ok(None),
+            Err(_) if !dir.is_dir() => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let member = Member::new(held, &self.lock, slot);
+        let lock_is_free = matches!(
+            std::fs::symlink_metadata(&self.lock.path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound
+        );
+        if lock_is_free {
+            return Ok(Some(member));
+        }
+        member.release(false)?;
+        Ok(None)
+    }
+
     /// Holding the gate: a share or a slot.
     fn admit(&self, req: &Request<'_>, record: &Record) -> Result<Acquired<Member>> {
         match self.slots {
@@ -133,6 +173,10 @@ impl Kind for SharedLock {
             .into(),
         );
         record.slots = self.slots;
+        if let Some(member) = self.join_at_once(req, &record)? {
+            req.report.acquired(None);
+            return Ok(Acquired::Held(member));
+        }
         // A LOCK of another kind: say so at once rather than after waiting for it.
         if let Found::Record(theirs) = open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
             self.check_gate(&theirs.record)?;
