@@ -94,6 +94,30 @@ pub(super) fn make_dir(lock: &LockPath, dir: &Path) -> Result<bool> {
     }
 }
 
+/// Which members directory is there now: its inode and birth time, to tell it from
+/// one made again after the last member to leave removed it (an inode number may be
+/// reused at once). `None` parts: not there, or no birth time on this file system.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct DirId(Option<(u64, Option<std::time::SystemTime>)>);
+
+pub(super) fn dir_id(dir: &Path) -> DirId {
+    use std::os::unix::fs::MetadataExt;
+    DirId(
+        fs::symlink_metadata(dir)
+            .ok()
+            .filter(fs::Metadata::is_dir)
+            .map(|meta| (meta.ino(), meta.created().ok())),
+    )
+}
+
+/// Whether creating a record in `dir` may have failed because the directory went away
+/// (removed by the last member to leave, perhaps made again since) after it was
+/// `before`: then the caller tries again. Any other failure is the caller's to report.
+pub(super) fn went(dir: &Path, before: &DirId) -> bool {
+    let now = dir_id(dir);
+    now.0.is_none() || now != *before
+}
+
 /// Removes the members directory if it is empty (another member, or a temp file of
 /// one that is joining, keeps it). Never waits: a releasing reader must not queue.
 pub(super) fn remove_dir_if_empty(dir: &Path) {
@@ -225,8 +249,15 @@ pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, recor
         ) {
             continue;
         }
-        if let Some(held) = try_take(&member_path(dir, &name)?, &step_req, record)? {
-            held.release(false)?;
+        let before = dir_id(dir);
+        match try_take(&member_path(dir, &name)?, &step_req, record) {
+            Ok(Some(held)) => {
+                held.release(false)?;
+            }
+            Ok(None) => {}
+            // The last member left and removed the directory: nothing left to sweep.
+            Err(_) if went(dir, &before) => return Ok(()),
+            Err(err) => return Err(err),
         }
     }
     sweep_orphans(dir, &step_req);
@@ -317,9 +348,15 @@ fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) 
                 // taken over and removed by the member's own protocol.
                 let record = own_record(held)?;
                 drop(theirs);
-                if let Some(stale) = try_take(&member, req, &record)? {
-                    stale.release(false)?;
-                    return Ok(None);
+                let before = dir_id(dir);
+                match try_take(&member, req, &record) {
+                    Ok(Some(stale)) => {
+                        stale.release(false)?;
+                        return Ok(None);
+                    }
+                    Ok(None) => {}
+                    Err(_) if went(dir, &before) => return Ok(None),
+                    Err(err) => return Err(err),
                 }
             }
             stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => return Ok(Some(stop.into_acquired(&theirs))),

@@ -99,11 +99,12 @@ impl SharedLock {
         };
         let mut ours = record.clone();
         ours.slot = slot;
+        let before = members::dir_id(&dir);
         let held = match members::try_take(&members::member_path(&dir, &name)?, &step_req, &ours) {
             Ok(Some(held)) => held,
             // Another acquirer came first, or the directory went again: the gate.
             Ok(None) => return Ok(None),
-            Err(_) if !dir.is_dir() => return Ok(None),
+            Err(_) if members::went(&dir, &before) => return Ok(None),
             Err(err) => return Err(err),
         };
         let member = Member::new(held, &self.lock, slot);
@@ -139,11 +140,12 @@ impl SharedLock {
             if !members::make_dir(&self.lock, &dir)? {
                 members::sweep_shared(&self.lock, &dir, &step_request(req, &step), record)?;
             }
+            let before = members::dir_id(&dir);
             let path = members::member_path(&dir, &record.nonce)?;
             match file::acquire(&path, &step_req, record.clone()) {
                 Ok(acquired) => return Ok(Member::of(acquired, &self.lock, None)),
                 // The last member to leave removed the directory under us: make it again.
-                Err(_) if !dir.is_dir() => {}
+                Err(_) if members::went(&dir, &before) => {}
                 Err(err) => return Err(err),
             }
         }

@@ -56,6 +56,7 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
     let dir_error = |err: std::io::Error| cannot("read", escape::path(&dir), &err);
     loop {
         let fresh = members::make_dir(lock, &dir)?;
+        let before = members::dir_id(&dir);
         if let Some(watch) = &watch {
             watch
                 .add_watch(&dir, watched())
@@ -119,7 +120,7 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
                     }
                 }
                 // The last member to leave removed the directory under us: again.
-                Err(_) if mine.is_none() && !dir.is_dir() => {
+                Err(_) if mine.is_none() && members::went(&dir, &before) => {
                     restart = true;
                     break;
                 }

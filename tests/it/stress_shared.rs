@@ -139,12 +139,15 @@ fn stress(t: Mode, slots: Option<u32>) {
     let done = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
 
+    // Without kernel locks, waits poll (up to 250 ms apart): kill less often, or
+    // hardly any xlock gets its turn before it is killed.
+    let pace = if t == Mode::NoLocks { 5 } else { 1 };
     let killer = {
         let (live, done, kills) = (live.clone(), done.clone(), kills.clone());
         thread::spawn(move || {
             let mut random = Random::new();
             while !done.load(Ordering::Relaxed) {
-                thread::sleep(Duration::from_micros(3000 + random.below(25_000)));
+                thread::sleep(Duration::from_micros(pace * (3000 + random.below(25_000))));
                 let live = live.lock().unwrap();
                 if live.is_empty() {
                     continue;
