@@ -226,14 +226,15 @@ fn stress(t: Mode, slots: Option<u32>) {
     done.store(true, Ordering::Relaxed);
     killer.join().unwrap();
 
-    // Commands of killed xlocks may still be finishing: wait for every one of them,
-    // then one more xlock cleans up after the crashes (stale records, the gate).
-    let sections = sections(&log);
-    for section in &sections {
+    // Commands of killed xlocks may still be in their sections: wait for every one of
+    // them, then one more xlock cleans up after the crashes (stale records, the gate).
+    for line in fs::read_to_string(&log).unwrap_or_default().lines() {
+        let pid: i32 = line.split_whitespace().nth(1).and_then(|pid| pid.parse().ok()).unwrap();
         wait_until(Duration::from_secs(20), "every command has ended", || {
-            !process_alive(section.pid as i32)
+            !process_alive(pid)
         });
     }
+    let sections = sections(&log);
     let mut settle = vec![lock.display().to_string(), "true".into()];
     if let Some(n) = slots {
         settle.splice(0..0, ["--slots".to_owned(), n.to_string()]);
