@@ -228,10 +228,13 @@ fn stress(t: Mode, slots: Option<u32>) {
 
     // Commands of killed xlocks may still be in their sections: wait for every one of
     // them, then one more xlock cleans up after the crashes (stale records, the gate).
+    // (A PID may be reused by now: it is ours while its command line names our log.)
+    let ours = log.display().to_string();
     for line in fs::read_to_string(&log).unwrap_or_default().lines() {
         let pid: i32 = line.split_whitespace().nth(1).and_then(|pid| pid.parse().ok()).unwrap();
         wait_until(Duration::from_secs(20), "every command has ended", || {
-            !process_alive(pid)
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !(process_alive(pid) && String::from_utf8_lossy(&cmdline).contains(&ours))
         });
     }
     let sections = sections(&log);
