@@ -12,8 +12,9 @@
 //! are `#inode` then), a take-over renames (IN_MOVED_FROM). Looking at a member only
 //! opens it read-only (IN_CLOSE_NOWRITE, not watched), so the waiter does not wake
 //! itself. Without kernel locks, or after a take-over attempt that found its holder
-//! still alive by the evidence table (an exiting process, another host), it polls
-//! with backoff instead.
+//! still alive by the evidence table (an exiting process, another host), or when no
+//! inotify instance or watch can be had (the per-user limits), it polls with backoff
+//! instead.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -52,15 +53,20 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
     };
     let kernel = Locking::from_env() == Locking::Kernel;
     let mut watch: Option<Inotify> = None;
+    let mut can_watch = true;
     let mut every = if kernel { Duration::from_millis(1) } else { POLL_FIRST };
     let dir_error = |err: std::io::Error| cannot("read", escape::path(&dir), &err);
     loop {
         let fresh = members::make_dir(lock, &dir)?;
         let before = members::dir_id(&dir);
-        if let Some(watch) = &watch {
-            watch
-                .add_watch(&dir, watched())
-                .map_err(|err| cannot("watch", escape::path(&dir), &err.into()))?;
+        // No watch to be had (the per-user limit of inotify instances or watches):
+        // poll, as without kernel locks.
+        if watch
+            .as_ref()
+            .is_some_and(|watch| watch.add_watch(&dir, watched()).is_err())
+        {
+            watch = None;
+            can_watch = false;
         }
         // Slot number → its record's name, for the slots taken now.
         let mut taken = BTreeMap::new();
@@ -145,14 +151,14 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         if let Some(theirs) = &busy {
             req.report.waiting(theirs, Vec::new);
         }
-        let paused = if kernel && !attempted {
+        let paused = if kernel && can_watch && !attempted {
             match &watch {
                 None => {
                     // Watch first, then look again: no release can slip in between.
-                    watch = Some(
-                        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-                            .map_err(|err| cannot("watch", escape::path(&dir), &err.into()))?,
-                    );
+                    match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+                        Ok(inotify) => watch = Some(inotify),
+                        Err(_) => can_watch = false,
+                    }
                     continue;
                 }
                 Some(watch) => pause(req, every, Some(watch.as_fd()))?,
