@@ -7,7 +7,7 @@
 # Before LOCK: xlock's options (when the word starts with -) or, as LOCK, file names.
 # After LOCK: the command's name, then that command's own completion
 # (bash-completion's _command_offset), never xlock's options. After --status, every
-# word is a LOCK. Option values (-w, -E, --stale-after) complete nothing; -c completes
+# word is a LOCK. Option values (-w, -E, --stale-after, --slots) complete nothing; -c completes
 # command names.
 #
 # Keep the option list in step with src/cli.rs: the drift test in
@@ -27,7 +27,7 @@ _xlock()
             --status)
                 status_mode=1
                 ;;
-            --timeout | --conflict-exit-code | --command | --stale-after)
+            --timeout | --conflict-exit-code | --command | --stale-after | --slots)
                 ((++i == cword)) && value=$word
                 ;;
             --)
@@ -81,7 +81,7 @@ _xlock()
     # With --opt=VALUE, _init_completion -s has put --opt in prev.
     $split && value=$prev
     case $value in
-        -w | --timeout | --stale-after | -E | --conflict-exit-code)
+        -w | --timeout | --stale-after | -E | --conflict-exit-code | --slots)
             return
             ;;
         -c | --command)
@@ -93,7 +93,7 @@ _xlock()
     if [[ $cur == -* && ! $lock ]]; then
         COMPREPLY=($(compgen -W '-w --timeout -n --nonblock -E --conflict-exit-code
             -c --command -v --verbose -q --quiet --close -o -x -e --exclusive
-            --stale-after --status --json -h --help -V --version' -- "$cur"))
+            -s --shared --slots --stale-after --status --json -h --help -V --version' -- "$cur"))
         return
     fi
     _filedir

@@ -7,7 +7,7 @@
 # Before LOCK: xlock's options and, as LOCK, file names. After LOCK: the command's
 # name, then that command's own completion (__fish_complete_subcommand), never
 # xlock's options. After --status, every word is a LOCK. Option values (-w, -E,
-# --stale-after) complete nothing; -c completes a command.
+# --stale-after, --slots) complete nothing; -c completes a command.
 #
 # Keep the option list in step with src/cli.rs: the drift test in
 # tests/it/completions.rs compares what this script offers with the CLI definition.
@@ -25,7 +25,7 @@ function __xlock_where
         switch $word
             case --status
                 set status_mode 1
-            case --timeout --conflict-exit-code --command --stale-after
+            case --timeout --conflict-exit-code --command --stale-after --slots
                 set i (math $i + 1)
             case --
                 set i (math $i + 1)
@@ -87,6 +87,8 @@ complete -c xlock -n '__xlock_at options' -s q -l quiet -d "Print nothing of xlo
 complete -c xlock -n '__xlock_at options' -l close -d 'Do not let the command inherit the lock'
 complete -c xlock -n '__xlock_at options' -s o -d 'Same as --close (flock(1) spelling)'
 complete -c xlock -n '__xlock_at options' -s x -s e -l exclusive -d 'Exclusive lock (the default)'
+complete -c xlock -n '__xlock_at options' -s s -l shared -d 'Shared lock: many shared holders at once'
+complete -c xlock -n '__xlock_at options' -l slots -x -d 'One of N slots: at most N holders; the command gets XLOCK_SLOT'
 complete -c xlock -n '__xlock_at options' -l stale-after -x -d "How old another host's heartbeat may get (default 30s)"
 complete -c xlock -n '__xlock_at options' -l status -d 'Report each LOCK instead of running anything'
 complete -c xlock -n '__xlock_at options' -l json -d 'With --status: one JSON object per lock'

@@ -88,8 +88,19 @@ pub struct Cli {
     pub close: bool,
 
     /// Take an exclusive lock: the default, accepted as flock(1) spells it
-    #[arg(short = 'x', long = "exclusive", visible_short_alias = 'e')]
+    #[arg(short = 'x', long = "exclusive", visible_short_alias = 'e', conflicts_with_all = ["shared", "slots"])]
     pub exclusive: bool,
+
+    /// Take a shared lock: any number of shared holders at once, none while an exclusive
+    /// holder holds it; once an exclusive acquirer waits, new shared ones queue behind it
+    #[arg(short = 's', long = "shared", conflicts_with = "slots")]
+    pub shared: bool,
+
+    /// Take one of N slots: at most N holders at once; the command gets XLOCK_SLOT
+    /// (0 to N-1), unique among the current holders. Every user of LOCK must give the
+    /// same N
+    #[arg(long = "slots", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub slots: Option<u32>,
 
     /// How old another host's heartbeat (the lock file's mtime) may get before its lock
     /// counts as stale; the holder refreshes it every DUR/3. For an etcd LOCK: the
@@ -99,7 +110,7 @@ pub struct Cli {
 
     /// Report each LOCK (free, held by whom, stale) instead of running anything; exit 0
     /// if all are free, 75 (or -E) if any is held
-    #[arg(long = "status", conflicts_with_all = ["timeout", "nonblock", "shell", "close"])]
+    #[arg(long = "status", conflicts_with_all = ["timeout", "nonblock", "shell", "close", "shared", "slots"])]
     pub status: bool,
 
     /// With --status: print one JSON object per lock
@@ -143,6 +154,17 @@ pub enum Wait {
     Upto(Duration),
 }
 
+/// The kind of lock asked for (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// The default (`-x`).
+    Exclusive,
+    /// `-s, --shared`.
+    Shared,
+    /// `--slots N`, N ≥ 1.
+    Slots(u32),
+}
+
 /// A checked configuration: everything `run` needs, nothing left to validate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -157,6 +179,7 @@ pub struct Config {
     pub close: bool,
     /// Another host's lock is stale once its heartbeat is this old; ours beats every third of it.
     pub stale_after: Duration,
+    pub mode: LockMode,
 }
 
 /// `--status`: which locks to report, and how.

@@ -41,7 +41,7 @@ use crate::cli::{CommandSpec, Config, Parsed};
 use crate::exit::Exit;
 use crate::liveness::Identity;
 use crate::lock::etcd::EtcdLock;
-use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Released, Request};
+use crate::lock::{Acquired, Deadline, FileLock, Holding, Inherit, Kind, Released, Request, SharedLock};
 use crate::record::Record;
 use crate::report::Reporter;
 use crate::signals::Signals;
@@ -76,7 +76,8 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Exit {
 }
 
 /// Runs the command under the lock `config` names. The kind of lock is chosen here
-/// (the exclusive file lock, or etcd for an etcd URL); the rest of the flow is the same for every kind.
+/// (the exclusive file lock, a shared lock or slots: SPEC §9, or etcd for an etcd URL:
+/// §10); the rest of the flow is the same for every kind.
 fn execute(config: &Config) -> Result<Exit> {
     let signals = Signals::block()?;
     let deadline = Deadline::after(match config.wait {
@@ -84,9 +85,20 @@ fn execute(config: &Config) -> Result<Exit> {
         cli::Wait::Upto(d) => Some(d),
     });
     let me = Identity::current()?;
-    match &config.etcd {
-        Some(url) => execute_with(&EtcdLock::new(url)?, config, deadline, &me, &signals),
-        None => execute_with(&FileLock::new(&config.lock)?, config, deadline, &me, &signals),
+    if let Some(url) = &config.etcd {
+        // The parser refuses --shared and --slots with an etcd URL.
+        return execute_with(&EtcdLock::new(url)?, config, deadline, &me, &signals);
+    }
+    match config.mode {
+        cli::LockMode::Exclusive => execute_with(&FileLock::new(&config.lock)?, config, deadline, &me, &signals),
+        cli::LockMode::Shared => execute_with(&SharedLock::new(&config.lock, None)?, config, deadline, &me, &signals),
+        cli::LockMode::Slots(n) => execute_with(
+            &SharedLock::new(&config.lock, Some(n))?,
+            config,
+            deadline,
+            &me,
+            &signals,
+        ),
     }
 }
 
@@ -141,6 +153,10 @@ fn execute_with<K: Kind>(
             CommandSpec::Argv(words) => record::describe_argv(words),
             CommandSpec::Shell(text) => record::describe_shell(text),
         },
+        // Set by the kind (SPEC §9); none for the exclusive lock.
+        mode: None,
+        slots: None,
+        slot: None,
     };
     let request = Request {
         deadline,

@@ -358,6 +358,9 @@ mod tests {
             nonce: "0".repeat(32),
             since: String::new(),
             cmd: String::new(),
+            mode: None,
+            slots: None,
+            slot: None,
         }
     }
 

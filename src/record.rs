@@ -37,6 +37,24 @@ pub struct Record {
     pub since: String,
     /// The command line, shell-quoted, cut to 512 bytes.
     pub cmd: String,
+    /// The kind of lock, absent for the exclusive lock (so its record stays as SPEC
+    /// §4.1 shows it): [`Mode::SHARED`] or [`Mode::SLOTS`] (SPEC §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// With `"mode":"slots"`: N, the number of slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// A slot holder's slot, 0..N (absent in the record of a waiter for a slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+}
+
+/// The values of [`Record::mode`].
+pub struct Mode;
+
+impl Mode {
+    pub const SHARED: &'static str = "shared";
+    pub const SLOTS: &'static str = "slots";
 }
 
 /// Why the bytes at LOCK are not a lock record.
@@ -164,6 +182,9 @@ mod tests {
             nonce: "0123456789abcdef0123456789abcdef".into(),
             since: "2026-11-23T10:00:00.123Z".into(),
             cmd: "make deploy".into(),
+            mode: None,
+            slots: None,
+            slot: None,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Reporter {
     terminal: std::cell::OnceCell<bool>,
     wait_began: Cell<Option<Instant>>,
     notice_shown: Cell<bool>,
+    /// For a step of a shared or slot lock's acquire (its gate, a member record): the
+    /// waiting notice and take-overs as usual, but no "acquired" line of its own.
+    step: bool,
 }
 
 impl Reporter {
@@ -49,7 +52,26 @@ impl Reporter {
             terminal: std::cell::OnceCell::new(),
             wait_began: Cell::new(None),
             notice_shown: Cell::new(false),
+            step: false,
         }
+    }
+
+    /// A reporter for one step of a longer acquire (SPEC §9): the same lock and
+    /// verbosity, but the step's "acquired" and no-locks lines are left to the whole.
+    pub fn for_step(&self) -> Reporter {
+        Reporter {
+            verbosity: self.verbosity,
+            lock: self.lock.clone(),
+            terminal: self.terminal.clone(),
+            wait_began: Cell::new(None),
+            notice_shown: Cell::new(false),
+            step: true,
+        }
+    }
+
+    /// Whether a wait began (the waiting notice was asked for at least once).
+    pub fn has_waited(&self) -> bool {
+        self.wait_began.get().is_some()
     }
 
     fn terminal(&self) -> bool {
@@ -99,6 +121,9 @@ impl Reporter {
 
     /// `-v`: acquired, and after how long a wait if there was one.
     pub fn acquired(&self, waited: Option<Duration>) {
+        if self.step {
+            return;
+        }
         match waited {
             Some(waited) => self.verbose(format_args!("acquired {} after waiting {}", self.lock, seconds(waited))),
             None => self.verbose(format_args!("acquired {}", self.lock)),
@@ -119,6 +144,9 @@ impl Reporter {
 
     /// `-v`, once: the file system refuses locks (or `switch`=1 switched them off).
     pub fn no_kernel_locks(&self, dir: &Path, switch: &str) {
+        if self.step {
+            return;
+        }
         self.verbose(format_args!(
             "{} has no file locks (or {switch}=1): deciding by the holder's record and polling",
             escape::path(dir),
@@ -365,6 +393,9 @@ mod tests {
             nonce: "0".repeat(32),
             since: humantime::format_rfc3339_millis(since).to_string(),
             cmd: "make deploy".into(),
+            mode: None,
+            slots: None,
+            slot: None,
         };
         let text = holder_text(&record, &[]);
         assert!(text.starts_with("pid 4242 'make deploy' on build-3 for 3m1"), "{text}");
@@ -382,6 +413,9 @@ mod tests {
             nonce: "0".repeat(32),
             since: humantime::format_rfc3339_millis(since).to_string(),
             cmd: cmd.into(),
+            mode: None,
+            slots: None,
+            slot: None,
         }
     }
 

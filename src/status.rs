@@ -77,7 +77,30 @@ pub fn print_state(lock: &Path, state: &anyhow::Result<State>, json: bool) -> st
 /// One holder of the lock `shown`: its verdict, line and JSON object.
 fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
     let record = &holder.record;
+    // A shared holder's or slot holder's line says which (SPEC §9); an exclusive
+    // holder's is as it always was.
+    let how = match (record.mode.as_deref(), record.slots, record.slot) {
+        (Some(_), Some(n), Some(k)) => format!(" (slot {k} of {n})"),
+        (Some(_), Some(n), None) => format!(" (for one of {n} slots)"),
+        (Some(mode), None, _) => format!(" ({})", escape::text(mode)),
+        (None, ..) => String::new(),
+    };
     match &holder.state {
+        HolderState::NextInLine => {
+            let object = record_object(record, "waiting");
+            let wants = if how.is_empty() { " (exclusive)".to_owned() } else { how };
+            (
+                Verdict::Held,
+                format!(
+                    "{shown}: next in line{wants}: pid {} (host {}) since {}: {}",
+                    record.pid,
+                    escape::text(&record.host),
+                    escape::text(&record.since),
+                    escape::text(&record.cmd)
+                ),
+                Value::Object(object),
+            )
+        }
         HolderState::Held { orphans } => {
             let mut object = record_object(record, "held");
             let since = match age(record) {
@@ -88,7 +111,7 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             let cmd = escape::text(&record.cmd);
             object.insert("holder_alive".into(), orphans.is_empty().into());
             let text = if orphans.is_empty() {
-                format!("{shown}: held by pid {} (host {host}) {since}: {cmd}", record.pid)
+                format!("{shown}: held{how} by pid {} (host {host}) {since}: {cmd}", record.pid)
             } else {
                 let pids: Vec<i32> = orphans.iter().map(|(pid, _)| *pid).collect();
                 object.insert("command_pids".into(), pids.into());
@@ -97,7 +120,7 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
                     .map(|(pid, name)| format!("pid {pid} ({})", escape::text(name)))
                     .collect();
                 format!(
-                    "{shown}: held by the command of pid {} (host {host}) {since}: {cmd}; that xlock has ended, but processes of its command still hold the lock: {}",
+                    "{shown}: held{how} by the command of pid {} (host {host}) {since}: {cmd}; that xlock has ended, but processes of its command still hold the lock: {}",
                     record.pid,
                     running.join(", ")
                 )
@@ -110,7 +133,7 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             (
                 Verdict::Free,
                 format!(
-                    "{shown}: stale (holder pid {} {why}): the next acquirer takes it over",
+                    "{shown}: stale{how} (holder pid {} {why}): the next acquirer takes it over",
                     record.pid
                 ),
                 Value::Object(object),

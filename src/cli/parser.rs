@@ -12,7 +12,7 @@ use clap::CommandFactory;
 
 use super::{
     check_lock, check_stale_after, is_descriptor, parse_duration, shown_word, wait_for, Cli, CommandSpec, Config,
-    Parsed, StatusQuery, Verbosity, Wait, DEFAULT_STALE_AFTER_DURATION,
+    LockMode, Parsed, StatusQuery, Verbosity, Wait, DEFAULT_STALE_AFTER_DURATION,
 };
 use crate::exit::Exit;
 
@@ -27,6 +27,8 @@ pub(super) enum Opt {
     Quiet,
     Close,
     Exclusive,
+    Shared,
+    Slots,
     StaleAfter,
     Status,
     Json,
@@ -70,6 +72,8 @@ pub(super) const OPTIONS: &[OptSpec] = &[
     OptSpec { opt: Opt::Quiet, id: "quiet", short: Some('q'), short_aliases: &[], long: "quiet", long_aliases: &[], value: None },
     OptSpec { opt: Opt::Close, id: "close", short: Some('o'), short_aliases: &[], long: "close", long_aliases: &[], value: None },
     OptSpec { opt: Opt::Exclusive, id: "exclusive", short: Some('x'), short_aliases: &['e'], long: "exclusive", long_aliases: &[], value: None },
+    OptSpec { opt: Opt::Shared, id: "shared", short: Some('s'), short_aliases: &[], long: "shared", long_aliases: &[], value: None },
+    OptSpec { opt: Opt::Slots, id: "slots", short: None, short_aliases: &[], long: "slots", long_aliases: &[], value: Some("N") },
     OptSpec { opt: Opt::StaleAfter, id: "stale_after", short: None, short_aliases: &[], long: "stale-after", long_aliases: &[], value: Some("DUR") },
     OptSpec { opt: Opt::Status, id: "status", short: None, short_aliases: &[], long: "status", long_aliases: &[], value: None },
     OptSpec { opt: Opt::Json, id: "json", short: None, short_aliases: &[], long: "json", long_aliases: &[], value: None },
@@ -86,6 +90,11 @@ pub(super) const CONFLICTS: &[(Opt, Opt)] = &[
     (Opt::Status, Opt::Nonblock),
     (Opt::Status, Opt::Command),
     (Opt::Status, Opt::Close),
+    (Opt::Status, Opt::Shared),
+    (Opt::Status, Opt::Slots),
+    (Opt::Shared, Opt::Slots),
+    (Opt::Exclusive, Opt::Shared),
+    (Opt::Exclusive, Opt::Slots),
 ];
 
 pub(super) fn spec(opt: Opt) -> &'static OptSpec {
@@ -195,6 +204,7 @@ struct Raw {
     busy_exit: Option<u8>,
     shell: Option<OsString>,
     stale_after: Option<Duration>,
+    slots: Option<u32>,
     lock: Option<PathBuf>,
     command: Vec<OsString>,
     /// With `--status`.
@@ -272,7 +282,7 @@ impl Raw {
     fn set(&mut self, spec: &OptSpec, value: Option<&OsStr>, long: bool) -> Result<(), String> {
         let bit = 1 << spec.opt as u32;
         // -x is a no-op, so `-x -e` does no harm.
-        if self.given & bit != 0 && spec.opt != Opt::Exclusive {
+        if self.given & bit != 0 && !matches!(spec.opt, Opt::Exclusive | Opt::Shared) {
             return Err(format!("{} was given twice; give it once{SEE_HELP}", spec.name()));
         }
         self.given |= bit;
@@ -295,6 +305,21 @@ impl Raw {
                     .map_err(|_| invalid(format!("'{text}' is not an exit status; use a number from 0 to 255")))?;
                 self.busy_exit = Some(code);
             }
+            Opt::Slots => {
+                let text = text()?;
+                let n = text.parse::<u32>().map_err(|_| {
+                    invalid(format!(
+                        "'{text}' is not a number of slots; use a whole number from 1 to {}",
+                        u32::MAX
+                    ))
+                })?;
+                if n == 0 {
+                    return Err(invalid(
+                        "a lock needs at least one slot; use a whole number from 1 (--slots 1 is an exclusive lock with XLOCK_SLOT=0)".into(),
+                    ));
+                }
+                self.slots = Some(n);
+            }
             Opt::Command => self.shell = Some(value.to_owned()),
             Opt::Help => {
                 let mut command = Cli::command();
@@ -307,7 +332,14 @@ impl Raw {
                 self.print = Some(help.to_string());
             }
             Opt::Version => self.print = Some(Cli::command().render_version()),
-            Opt::Nonblock | Opt::Verbose | Opt::Quiet | Opt::Close | Opt::Exclusive | Opt::Status | Opt::Json => {}
+            Opt::Nonblock
+            | Opt::Verbose
+            | Opt::Quiet
+            | Opt::Close
+            | Opt::Exclusive
+            | Opt::Shared
+            | Opt::Status
+            | Opt::Json => {}
         }
         Ok(())
     }
@@ -371,12 +403,24 @@ impl Raw {
         };
         let busy_exit = self.busy_exit.unwrap_or(Exit::DEFAULT_BUSY);
         let close = self.has(Opt::Close);
+        let mode = match self.slots {
+            Some(n) => LockMode::Slots(n),
+            None if self.has(Opt::Shared) => LockMode::Shared,
+            None => LockMode::Exclusive,
+        };
         let lock = self
             .lock
             .ok_or("no LOCK given; usage: xlock [OPTIONS] LOCK [--] COMMAND [ARG]...")?;
         let etcd = check_lock(&lock)?;
         if etcd.is_some() {
             crate::lock::etcd::url::check_ttl(stale_after)?;
+            if mode != LockMode::Exclusive {
+                return Err(format!(
+                    "{} is an etcd lock, which is exclusive only: drop {}, or use a lock file for shared locks and slots",
+                    shown_word(lock.as_os_str()),
+                    if mode == LockMode::Shared { "--shared" } else { "--slots" },
+                ));
+            }
         }
         let command = match (self.shell, self.command.is_empty()) {
             (Some(shell), true) => CommandSpec::Shell(shell),
@@ -408,6 +452,7 @@ impl Raw {
             verbosity,
             close,
             stale_after,
+            mode,
         })
     }
 }
@@ -442,9 +487,6 @@ fn unknown(option: &str, word: &OsStr, status: bool) -> String {
 /// flock(1) options that xlock does not take, and what to do instead.
 fn flock_hint(option: &str) -> Option<&'static str> {
     match option {
-        "-s" | "--shared" => {
-            Some("shared locks (-s, --shared) are not supported yet: xlock takes exclusive locks only")
-        }
         "-F" | "--no-fork" => Some(
             "xlock has no -F/--no-fork: it always runs COMMAND as its child, so that it can release \
              the lock and pass on the command's status when it ends; drop -F \

@@ -191,6 +191,17 @@ fn spellings_agree() {
         ],
         &[&["--close", "L", "x"], &["-o", "L", "x"], &["-xo", "L", "x"]],
         &[
+            &["-s", "L", "x"],
+            &["--shared", "L", "x"],
+            &["-s", "-s", "L", "x"],
+            &["-s", "--", "L", "x"],
+        ],
+        &[
+            &["--slots", "2", "L", "x"],
+            &["--slots=2", "--", "L", "x"],
+            &["--slots", "02", "L", "x"],
+        ],
+        &[
             &["-c", "echo a", "L"],
             &["L", "-c", "echo a"],
             &["--", "L", "-c", "echo a"],
@@ -320,9 +331,32 @@ fn bad_input_is_a_one_line_error_naming_the_value() {
         (&["--status", "-n", "L"][..], "--nonblock"),
         (&["--status", "L", "-c", "x"][..], "--command"),
         (&["--status"][..], "at least one LOCK"),
-        (&["-s", "L", "true"][..], "shared locks"),
-        (&["--shared", "L", "true"][..], "not supported yet"),
-        (&["-xs", "L", "true"][..], "shared locks"),
+        (
+            &["-s", "--slots", "2", "L", "true"][..],
+            "'-s, --shared' cannot be used with '--slots <N>'",
+        ),
+        (
+            &["-xs", "L", "true"][..],
+            "'-x, --exclusive' cannot be used with '-s, --shared'",
+        ),
+        (
+            &["--slots", "3", "-e", "L", "true"][..],
+            "cannot be used with '--slots <N>'",
+        ),
+        (
+            &["--slots", "0", "L", "true"][..],
+            "invalid value '0' for '--slots <N>': a lock needs at least one slot",
+        ),
+        (
+            &["--slots", "-1", "L", "true"][..],
+            "invalid value '-1' for '--slots <N>'",
+        ),
+        (&["--slots=two", "L", "true"][..], "'two' is not a number of slots"),
+        (&["--slots", "99999999999", "L", "true"][..], "'99999999999'"),
+        (&["--slots"][..], "'--slots <N>' needs a value"),
+        (&["--slots", "2", "--slots", "2", "L", "true"][..], "given twice"),
+        (&["--status", "-s", "L"][..], "--shared"),
+        (&["--status", "--slots", "2", "L"][..], "--slots"),
         (&["-F", "L", "true"][..], "always runs COMMAND as its child"),
         (&["--no-fork", "L", "true"][..], "exec xlock"),
         (&["9"][..], "not a file descriptor"),
@@ -457,7 +491,8 @@ fn misplaced_options_get_a_hint() {
     assert!(hint("-c").unwrap().contains("xlock LOCK -c STR as the last two words"));
     assert!(hint("--help").unwrap().contains("(xlock --help)"));
     assert!(hint("--status").unwrap().contains("xlock --status LOCK..."));
-    assert!(hint("-s").unwrap().contains("shared locks"));
+    assert!(hint("-s").unwrap().contains("(xlock -s LOCK COMMAND)"));
+    assert!(hint("--slots").unwrap().contains("(xlock --slots N LOCK COMMAND)"));
     assert!(hint("--no-fork").unwrap().contains("-F/--no-fork"));
     for other in ["ls", "-", "--", "-1", "-nZ", "--frob", "./-n", ""] {
         assert_eq!(hint(other), None, "{other}");
@@ -467,6 +502,18 @@ fn misplaced_options_get_a_hint() {
 /// In a cluster, the first of -h and -V wins and ends the reading, as it does as a
 /// word of its own (`-h -Z`) and in clap and flock(1): `-hV` is help, `-hZ` is not
 /// an unknown option, `-hw` needs no value.
+/// The kind of lock (SPEC §9): exclusive unless -s or --slots N.
+#[test]
+fn the_mode_is_exclusive_shared_or_slots() {
+    assert_eq!(run(&["L", "x"]).mode, LockMode::Exclusive);
+    assert_eq!(run(&["-x", "L", "x"]).mode, LockMode::Exclusive);
+    assert_eq!(run(&["-sn", "L", "x"]).mode, LockMode::Shared);
+    assert_eq!(run(&["--slots", "1", "L", "x"]).mode, LockMode::Slots(1));
+    assert_eq!(run(&["--slots=4294967295", "L", "x"]).mode, LockMode::Slots(u32::MAX));
+    // After LOCK, -s is the command's.
+    assert_eq!(run(&["L", "-s"]).mode, LockMode::Exclusive);
+}
+
 #[test]
 fn help_or_version_in_a_cluster_ends_the_reading() {
     let version = format!("xlock {}\n", env!("CARGO_PKG_VERSION"));

@@ -19,7 +19,7 @@ use super::held::Held;
 use super::path::LockPath;
 use super::theirs::{open_record, Found};
 use super::wait::{pause, wait_out, Outcome, Paused, POLL_FIRST};
-use super::{inspect, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
+use super::{members, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
 use crate::error::{foreign, read_error};
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
@@ -47,10 +47,15 @@ impl Kind for FileLock {
     }
 
     fn acquire(&self, req: &Request<'_>, record: Record) -> Result<Acquired<Held>> {
-        acquire(&self.lock, req, record)
+        match acquire(&self.lock, req, record)? {
+            // Holding LOCK, wait out the shared holders, if any (SPEC §9).
+            Acquired::Held(held) => members::drain(&self.lock, req, held),
+            other => Ok(other),
+        }
     }
 
     fn nested(&self, inherited: &Inherited) -> Result<Option<Record>> {
+        members::refuse_upgrade(&self.lock, inherited)?;
         Ok(
             match open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
                 Found::Record(theirs) => Some(theirs.record).filter(|r| inherited.holds(&r.nonce)),
@@ -60,12 +65,13 @@ impl Kind for FileLock {
     }
 
     fn inspect(&self, me: &Identity, stale_after: Duration) -> Result<State> {
-        inspect::inspect(&self.lock, me, stale_after)
+        members::inspect(&self.lock, me, stale_after)
     }
 }
 
-/// Acquires the lock (SPEC §4.3).
-fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acquired<Held>> {
+/// Acquires the lock (SPEC §4.3). Also the gate and the member records of shared
+/// locks and slots (`shared.rs`, `members.rs`).
+pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acquired<Held>> {
     let started = Instant::now();
     let temp = TempFile::from_env();
     record.since = now();

@@ -198,6 +198,9 @@ mod tests {
             nonce: "0123456789abcdef0123456789abcdef".into(),
             since: String::new(),
             cmd: "test".into(),
+            mode: None,
+            slots: None,
+            slot: None,
         };
         let mut ours = Candidate::create(&lock, &record, Inherit::CommandLock, TempFile::Unnamed).unwrap();
         assert!(ours.link(&lock).unwrap(), "LOCK was free");

@@ -1,5 +1,5 @@
 //! The lock (SPEC §4, §9, §10): the one seam through which a kind of lock plugs into
-//! xlock's flow, and the exclusive file lock, the kind there is today.
+//! xlock's flow, the exclusive file lock, and shared locks and slots built on it.
 //!
 //! `lib.rs` runs the same flow for every kind: [`Kind::nested`] (is an ancestor the
 //! holder?), [`Kind::acquire`], then, while the command runs, the held lock's
@@ -9,18 +9,18 @@
 //!
 //! What each kind does for each method:
 //!
-//! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, issue 14) | etcd (§10, [`etcd::EtcdLock`]) |
+//! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, [`SharedLock`]) | etcd (§10, [`etcd::EtcdLock`]) |
 //! |---|---|---|---|
 //! | `name` (XLOCK_PATH) | absolute LOCK | absolute LOCK | the `etcd://…/NAME` URL |
-//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over | a holder record per share or slot, each with its own kernel locks; writer preference and slot choice in the layout | lease (TTL = `--stale-after`, renewed on a thread from the start), our record put at our key `NAME/<lease hex>`, the Lock RPC with the lease on a thread while this one keeps deadline, signals and notice; check own key and lease after (etcd 11456) |
-//! | `nested` | the record at LOCK carries an inherited nonce | any holder's record does; an exclusive request under a shared ancestor: error "cannot upgrade" | the key's value (a record) carries an inherited nonce |
-//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign) | every holder, one [`Holder`] each (mode or slot) | the key's holder, waiters in create-revision order ([`HolderState::Waiting`]); a holder that is not xlock (`etcdctl lock`): [`State::HeldByOther`] |
+//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over; then, if the members directory exists, drain it: wait out every shared holder while holding LOCK (writer preference) | a member record (an exclusive file lock of its own) in `.NAME.xlock-members/`, named by the nonce (shared) or `slot.K` (lowest free slot): uncontended, at once, then LOCK must be absent; else holding LOCK as the gate (all slots busy: keep it, wait with inotify), then release the gate | lease (TTL = `--stale-after`, renewed on a thread from the start), our record put at our key `NAME/<lease hex>`, the Lock RPC with the lease on a thread while this one keeps deadline, signals and notice; check own key and lease after (etcd 11456) |
+//! | `nested` | the record at LOCK carries an inherited nonce; a member's does: error "cannot upgrade" | a member's record (same kind) or LOCK's (exclusive ancestor, shared request) does; another kind: error | the key's value (a record) carries an inherited nonce |
+//! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign); with members: as for shared | every member, one [`Holder`] each (mode or slot), and LOCK's holder as [`HolderState::NextInLine`] | the key's holder, waiters in create-revision order ([`HolderState::Waiting`]); a holder that is not xlock (`etcdctl lock`): [`State::HeldByOther`] |
 //! | `identity` (XLOCK_PATH, XLOCK_HELD) | absolute LOCK + nonce | absolute LOCK + this holder's nonce | the `etcd://…/NAME` URL + nonce |
 //! | `env` | nothing | `XLOCK_SLOT` = slot (slots only) | `XLOCK_TOKEN` = the key's create revision |
 //! | `inherit` | the command lock's descriptor (none with `--close`) | this holder's command lock | none (the lease cannot be inherited) |
 //! | `Guard::next_check` | last beat + `--stale-after`/3 | the same, per holder record | last acknowledged renewal's send time + TTL/3 |
 //! | `Guard::check` | verify inode + nonce, bump mtime; an I/O error is not loss | the same on this holder's record | lease keepalive; `Lost` with `kill_by` ≈ 1 s before lease expiry when a third or less of the TTL remains unacknowledged, at once on TTL 0 |
-//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same, per holder record | unlock, revoke the lease |
+//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same on the member record, then `rmdir` of the members directory if empty; never takes the gate | unlock, revoke the lease |
 //!
 //! [`Released`] has a third outcome: the lock left to the command's tree (SPEC §4.5,
 //! issue 13); a kind without a command lock (etcd) never leaves it.
@@ -36,6 +36,11 @@
 //! - [`inspect`]: `--status`'s look at LOCK (§2).
 //! - [`file`]: the kind itself and its acquire loop (§4.3).
 //!
+//! Shared locks and slots (§9), on top of those (docs/design.md, "Shared locks and slots"):
+//! - [`shared`]: the kind [`SharedLock`] and its held [`shared::Member`]: LOCK as the gate, admission.
+//! - [`members`]: the members directory: the exclusive lock's drain, sweeps, one kind per LOCK, nesting, `--status`.
+//! - [`slots`]: choosing a slot; waiting for any of N (inotify).
+//!
 //! The etcd lock is [`etcd`], a directory of its own (§10, issue 15).
 
 mod candidate;
@@ -45,7 +50,10 @@ mod file;
 mod held;
 mod inspect;
 mod kernel;
+mod members;
 mod path;
+mod shared;
+mod slots;
 mod theirs;
 mod wait;
 
@@ -57,6 +65,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 pub use self::file::FileLock;
+pub use self::shared::SharedLock;
 use crate::liveness::{Identity, Stale};
 use crate::nesting::Inherited;
 use crate::record::Record;
@@ -174,6 +183,8 @@ impl Deadline {
 }
 
 /// What [`Kind::acquire`] came to.
+// Returned once per acquire: boxing the record would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Acquired<H> {
     Held(H),
     /// The deadline passed: the holder's record, if one was read, and the processes
@@ -221,6 +232,10 @@ pub enum HolderState {
     /// Held: by a live xlock, or, if `orphans` is not empty, by the command tree of an
     /// xlock that has ended (these processes, PID and name, still have the file open).
     Held { orphans: Vec<(i32, String)> },
+    /// Next in line, holding LOCK (the gate) while members hold the lock: a writer
+    /// waiting out the shared holders, a slot waiter, or a shared acquirer being
+    /// admitted (SPEC §9).
+    NextInLine,
     /// The holder is gone; the next acquirer takes the lock over, unless `blocked`
     /// says why this user cannot (another user's file in a sticky directory).
     Stale { why: Stale, blocked: Option<String> },

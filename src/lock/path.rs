@@ -27,6 +27,8 @@ use crate::error::{create_error, name_too_long, sticky_reason, takeover_refused}
 
 /// Suffix of the temporary names in LOCK's directory.
 const TEMP_SUFFIX: &str = ".xlock-tmp";
+/// Suffix of the directory of a shared or slot lock's holder records (SPEC §9).
+const MEMBERS_SUFFIX: &str = ".xlock-members";
 /// Suffix of the claim names of a no-locks take-over.
 pub(super) const CLAIM_SUFFIX: &str = ".xlock-claim";
 /// The longest file name Linux file systems take (NAME_MAX).
@@ -35,6 +37,8 @@ const NAME_MAX: usize = 255;
 /// `.NAME.<32 hex digits>-999.xlock-claim` (claims stop at level 999); a temp name,
 /// `.NAME.<nonce>.xlock-tmp`, adds less.
 const SIDE_NAME_EXTRA: usize = ".".len() + ".".len() + 32 + "-999".len() + CLAIM_SUFFIX.len();
+// The members directory, `.NAME.xlock-members`, is shorter than a claim.
+const _: () = assert!(".".len() + ".".len() + MEMBERS_SUFFIX.len() <= SIDE_NAME_EXTRA);
 /// The longest LOCK file name whose side names all fit in [`NAME_MAX`].
 pub const MAX_NAME_LEN: usize = NAME_MAX - SIDE_NAME_EXTRA;
 
@@ -78,6 +82,15 @@ impl LockPath {
         let mut name = OsString::from(".");
         name.push(&self.name);
         name.push(format!(".{nonce}{TEMP_SUFFIX}"));
+        self.dir.join(name)
+    }
+
+    /// The directory of a shared or slot lock's holder records, `.NAME.xlock-members`
+    /// next to LOCK (SPEC §9, `members.rs`).
+    pub(super) fn members_dir(&self) -> PathBuf {
+        let mut name = OsString::from(".");
+        name.push(&self.name);
+        name.push(MEMBERS_SUFFIX);
         self.dir.join(name)
     }
 
@@ -239,6 +252,10 @@ mod tests {
             b".db.lock.0123456789abcdef0123456789abcdef-1x.xlock-claim"
         ));
         assert!(!is_side_file(b".db.lock.0123456789abcdef0123456789abcdef.xlock-claim"));
+        // The members directory is no temp file or claim: a sweep never touches it.
+        let members = lock.members_dir();
+        assert_eq!(members, Path::new("/tmp/.db.lock.xlock-members"));
+        assert!(!is_side_file(members.file_name().unwrap().as_bytes()));
     }
 
     #[test]

@@ -22,6 +22,8 @@ use crate::liveness::{self, Facts, Identity, Locking, Verdict};
 use crate::record::{self, NotARecord, Record};
 
 /// What is at LOCK.
+// Short-lived, on the stack: boxing the record would cost an allocation per look.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Found {
     Record(TheirFile),
     Vanished,

@@ -208,9 +208,14 @@ fn flock_spellings() {
     let dir = tempfile::tempdir().unwrap();
     let out = xlock(dir.path(), &["-x", "-e", "--exclusive", "-o", "L", "echo", "ok"]);
     assert_eq!(seen(&out), (Some(0), "ok\n".into(), String::new()));
+    let out = xlock(dir.path(), &["-s", "-o", "L", "echo", "ok"]);
+    assert_eq!(seen(&out), (Some(0), "ok\n".into(), String::new()));
     for (args, needle) in [
-        (&["-s", "L", "true"][..], "shared locks"),
-        (&["--shared", "L", "true"][..], "not supported yet"),
+        (&["-s", "-x", "L", "true"][..], "cannot be used with"),
+        (
+            &["--shared", "--slots", "2", "L", "true"][..],
+            "cannot be used with '--slots <N>'",
+        ),
         (&["-F", "L", "true"][..], "always runs COMMAND as its child"),
         (&["9"][..], "not a file descriptor"),
     ] {

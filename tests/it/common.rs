@@ -494,6 +494,9 @@ pub fn record_of(pid: i32) -> Record {
         nonce: format!("{:032x}", now_ns()),
         since: rfc3339(SystemTime::now()),
         cmd: "planted by a test".to_owned(),
+        mode: None,
+        slots: None,
+        slot: None,
     }
 }
 

@@ -1,0 +1,507 @@
+//! The members directory of a shared or slot lock (SPEC §9): `.NAME.xlock-members`
+//! next to LOCK, one record per holder, each of them an ordinary exclusive file lock
+//! (record, process lock, command lock, heartbeat, release: [`file::acquire`] and
+//! [`Held`] on another path). Why a directory: every holder is a file that its kernel
+//! locks keep alive, so a crashed holder frees its share or slot at once, `--status`
+//! sees every holder, and a waiter for "any of N" can watch one directory (inotify).
+//!
+//! Names in it: a shared holder's record is named by its nonce (32 hex digits), a slot
+//! holder's `slot.K`; names starting with `.` are the members' own temp files and
+//! claims. The directory exists exactly while it has members: the last member to
+//! leave removes it (`rmdir`, which fails harmlessly while another member or a temp
+//! file is there), and an acquirer that finds it removed under it makes it again.
+//!
+//! This module is what the other kinds need of the directory: the exclusive lock's
+//! *drain* (wait out every shared holder while holding LOCK, the gate, which gives
+//! writer preference), the sweep of crashed members, the checks that a LOCK is used
+//! as one kind only, nesting, and `--status`'s look at every holder.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+
+use super::claim;
+use super::file;
+use super::held::Held;
+use super::inspect;
+use super::kernel::{command_lock_held, KernelLock};
+use super::path::LockPath;
+use super::theirs::{open_record, Found};
+use super::wait::{wait_out, Outcome};
+use super::{Acquired, Deadline, Holder, HolderState, Holding, Inherit, Request, State};
+use crate::error::{cannot, read_error};
+use crate::escape;
+use crate::liveness::{Identity, Locking};
+use crate::nesting::Inherited;
+use crate::record::{self, Mode, Record};
+
+/// A member's name: a shared holder's nonce, or a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Name {
+    Shared,
+    Slot(u32),
+}
+
+impl Name {
+    /// What a directory entry is; `None` for the members' own temp files and claims
+    /// (names starting with `.`) and for anything xlock did not make.
+    pub(super) fn of(entry: &[u8]) -> Option<Name> {
+        if entry.len() == 32 && entry.iter().all(u8::is_ascii_hexdigit) {
+            return Some(Name::Shared);
+        }
+        let k = entry.strip_prefix(b"slot.")?;
+        if k.is_empty() || !k.iter().all(u8::is_ascii_digit) || (k.len() > 1 && k[0] == b'0') {
+            return None;
+        }
+        std::str::from_utf8(k).ok()?.parse().ok().map(Name::Slot)
+    }
+}
+
+/// The file name of slot `k`'s record.
+pub(super) fn slot_name(k: u32) -> String {
+    format!("slot.{k}")
+}
+
+/// The members now in `dir`, by name; `None` if there is no such directory.
+pub(super) fn list(dir: &Path) -> io::Result<Option<Vec<(OsString, Name)>>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut members = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Some(kind) = Name::of(name.as_bytes()) {
+            members.push((name, kind));
+        }
+    }
+    Ok(Some(members))
+}
+
+/// Makes the members directory; `Ok(true)` if it was not there.
+pub(super) fn make_dir(lock: &LockPath, dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(crate::error::create_error(lock.shown(), &lock.dir, err)),
+    }
+}
+
+/// Which members directory is there now: its inode and birth time, to tell it from
+/// one made again after the last member to leave removed it (an inode number may be
+/// reused at once). `None` parts: not there, or no birth time on this file system.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct DirId(Option<(u64, Option<std::time::SystemTime>)>);
+
+pub(super) fn dir_id(dir: &Path) -> DirId {
+    use std::os::unix::fs::MetadataExt;
+    DirId(
+        fs::symlink_metadata(dir)
+            .ok()
+            .filter(fs::Metadata::is_dir)
+            .map(|meta| (meta.ino(), meta.created().ok())),
+    )
+}
+
+/// Whether creating a record in `dir` may have failed because the directory went away
+/// (removed by the last member to leave, perhaps made again since) after it was
+/// `before`: then the caller tries again. Any other failure is the caller's to report.
+pub(super) fn went(dir: &Path, before: &DirId) -> bool {
+    let now = dir_id(dir);
+    now.0.is_none() || now != *before
+}
+
+/// Removes the members directory if it is empty (another member, or a temp file of
+/// one that is joining, keeps it). Never waits: a releasing reader must not queue.
+pub(super) fn remove_dir_if_empty(dir: &Path) {
+    let _ = fs::remove_dir(dir);
+}
+
+/// The kind a record says its holder took, as the messages name it.
+pub(super) fn kind_of(record: &Record) -> String {
+    match (record.mode.as_deref(), record.slots) {
+        (Some(Mode::SLOTS), Some(n)) => format!("--slots {n}"),
+        (Some(Mode::SHARED), _) => "--shared".into(),
+        (Some(other), _) => format!("an unknown kind ({})", escape::text(other)),
+        (None, _) => "an exclusive lock".into(),
+    }
+}
+
+/// The error of taking `ours` (`--shared`, `--slots N`, an exclusive lock) on a LOCK
+/// that `theirs` holds as another kind (SPEC §9: a LOCK is of one kind).
+pub(super) fn mismatch(lock: &LockPath, ours: &str, theirs: &Record) -> anyhow::Error {
+    anyhow!(
+        "{} is held with {} by pid {} (host {}): '{}'; this xlock asked for {ours}. \
+         Every user of a LOCK must take it the same way (exclusive/--shared, or --slots with the same N); \
+         use {} here, or another LOCK",
+        lock.shown(),
+        kind_of(theirs),
+        theirs.pid,
+        escape::text(&theirs.host),
+        escape::text(&theirs.cmd),
+        kind_of(theirs),
+    )
+}
+
+/// The record of member `name` in `dir`, if it is there and is one.
+pub(super) fn read(dir: &Path, name: &OsString) -> io::Result<Option<Record>> {
+    Ok(match open_record(&dir.join(name))? {
+        Found::Record(theirs) => Some(theirs.record),
+        Found::Vanished | Found::Foreign(_) => None,
+    })
+}
+
+/// A member's own lock path.
+pub(super) fn member_path(dir: &Path, name: impl AsRef<Path>) -> Result<LockPath> {
+    LockPath::new(&dir.join(name))
+}
+
+/// The request for a step of an acquire: the same deadline and signals, no command
+/// lock, and a reporter that leaves the "acquired" line to the whole.
+pub(super) fn step_request<'a>(req: &Request<'a>, report: &'a crate::report::Reporter) -> Request<'a> {
+    Request {
+        deadline: req.deadline,
+        inherit: Inherit::Nothing,
+        me: req.me,
+        signals: req.signals,
+        report,
+        stale_after: req.stale_after,
+    }
+}
+
+/// What a cheap look at a member's record finds.
+pub(super) enum Look {
+    /// No record at that name.
+    Vacant,
+    /// Its holder is alive: its process lock is held, or its xlock has ended and its
+    /// command's tree holds the command lock.
+    Alive(Record),
+    /// Its kernel locks are free (or, without kernel locks, there are none to ask):
+    /// the evidence table decides, in a take-over attempt.
+    MayBeGone(Record),
+    /// Not an xlock record: never touched.
+    Foreign,
+}
+
+/// A cheap look at member `path` through a read-only descriptor (which makes no
+/// inotify event that a slot waiter wakes for).
+pub(super) fn look(path: &Path) -> io::Result<Look> {
+    let theirs = match open_record(path)? {
+        Found::Record(theirs) => theirs,
+        Found::Vanished => return Ok(Look::Vacant),
+        Found::Foreign(_) => return Ok(Look::Foreign),
+    };
+    if Locking::from_env() == Locking::RecordOnly {
+        return Ok(Look::MayBeGone(theirs.record));
+    }
+    let free = match KernelLock::Process.take(&theirs.file, false) {
+        Ok(free) => free && !command_lock_held(&theirs.file)?,
+        Err(err) if crate::error::locks_unsupported(&err) => true,
+        Err(err) => return Err(err),
+    };
+    Ok(if free {
+        Look::MayBeGone(theirs.record)
+    } else {
+        Look::Alive(theirs.record)
+    })
+}
+
+/// Takes member `path` over if its holder is gone, at once (no wait): `Ok(Some(held))`
+/// then, with our record in it; `Ok(None)` if its holder is alive.
+pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> Result<Option<Held>> {
+    let now = Request {
+        deadline: Deadline::after(Some(Duration::ZERO)),
+        inherit: req.inherit,
+        ..step_request(req, req.report)
+    };
+    Ok(match file::acquire(path, &now, record.clone())? {
+        Acquired::Held(held) => Some(held),
+        Acquired::Busy(..) | Acquired::Interrupted(_) => None,
+    })
+}
+
+/// Removes the records of shared members whose holders are gone (a crash), holding
+/// the gate, so that nothing is left behind; a live member is not waited for.
+pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
+    let step = req.report.for_step();
+    let step_req = step_request(req, &step);
+    for (name, kind) in list(dir)
+        .map_err(|err| cannot("read", escape::path(dir), &err))?
+        .unwrap_or_default()
+    {
+        if kind != Name::Shared {
+            if let Some(theirs) = read(dir, &name).map_err(|err| cannot("read", escape::path(dir), &err))? {
+                return Err(mismatch(lock, "--shared", &theirs));
+            }
+            continue;
+        }
+        let path = dir.join(&name);
+        if !matches!(
+            look(&path).map_err(|err| cannot("check", escape::path(&path), &err))?,
+            Look::MayBeGone(_)
+        ) {
+            continue;
+        }
+        let before = dir_id(dir);
+        match try_take(&member_path(dir, &name)?, &step_req, record) {
+            Ok(Some(held)) => {
+                held.release(false)?;
+            }
+            Ok(None) => {}
+            // The last member left and removed the directory: nothing left to sweep.
+            Err(_) if went(dir, &before) => return Ok(()),
+            Err(err) => return Err(err),
+        }
+    }
+    sweep_orphans(dir, &step_req);
+    Ok(())
+}
+
+/// Removes the orphaned temp and claim files in the members directory (`.MEMBER.…`,
+/// left by members that crashed while joining or taking over), as `claim::sweep`
+/// does next to LOCK: a file whose creator is alive is never touched.
+pub(super) fn sweep_orphans(dir: &Path, req: &Request<'_>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut names = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(member) = name.as_bytes().strip_prefix(b".").and_then(member_of_side_file) {
+            names.insert(OsString::from(std::ffi::OsStr::from_bytes(member)));
+        }
+    }
+    for name in names {
+        if let Ok(member) = member_path(dir, &name) {
+            claim::sweep(&member, req, Locking::from_env());
+        }
+    }
+}
+
+/// The member name that a side file's name (without its leading `.`) starts with.
+fn member_of_side_file(rest: &[u8]) -> Option<&[u8]> {
+    let end = if rest.len() > 32 && rest[..32].iter().all(u8::is_ascii_hexdigit) {
+        32
+    } else {
+        let k = rest.strip_prefix(b"slot.")?;
+        "slot.".len() + k.iter().position(|&b| b == b'.')?
+    };
+    (rest.get(end) == Some(&b'.') && Name::of(&rest[..end]).is_some()).then(|| &rest[..end])
+}
+
+/// The exclusive lock's last step (SPEC §9): holding LOCK, which shared acquirers
+/// must pass through, wait out every shared holder, each on its kernel locks with the
+/// same deadline and signals (`wait_out`, as for LOCK's own holder), taking a crashed
+/// one's record away. The uncontended path pays one failed lookup of the directory.
+/// On a timeout or a signal, LOCK is released again; a LOCK used with `--slots` is an
+/// error.
+pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Acquired<Held>> {
+    let dir = lock.members_dir();
+    let members = match list(&dir) {
+        Ok(None) => return Ok(Acquired::Held(held)),
+        Ok(Some(members)) => members,
+        Err(err) => return give_up(held, Err(cannot("read", escape::path(&dir), &err))),
+    };
+    let step = req.report.for_step();
+    let step_req = step_request(req, &step);
+    for (name, kind) in members {
+        let outcome = match kind {
+            Name::Slot(_) => match read(&dir, &name) {
+                Ok(Some(theirs)) => Err(mismatch(lock, "an exclusive lock", &theirs)),
+                Ok(None) => continue,
+                Err(err) => Err(cannot("read", escape::path(&dir), &err)),
+            },
+            Name::Shared => wait_for_member(&dir, &name, &step_req, &held),
+        };
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(stop)) => return give_up(held, Ok(stop)),
+            Err(err) => return give_up(held, Err(err)),
+        }
+    }
+    sweep_orphans(&dir, &step_req);
+    remove_dir_if_empty(&dir);
+    Ok(Acquired::Held(held))
+}
+
+/// Waits until shared member `name` has left, or has crashed and its record is
+/// removed; `Ok(Some(..))` if the deadline or a signal ended the wait.
+fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) -> Result<Option<Acquired<Held>>> {
+    let member = member_path(dir, name)?;
+    loop {
+        let theirs = match open_record(&member.path).map_err(|err| read_error(member.shown(), err))? {
+            Found::Record(theirs) => theirs,
+            Found::Vanished | Found::Foreign(_) => return Ok(None),
+        };
+        let mut waited = false;
+        let outcome = wait_out(&theirs, &member, req, held.locking, &mut waited);
+        req.report.done_waiting();
+        match outcome? {
+            Outcome::Left => return Ok(None),
+            Outcome::Stale(_) => {
+                // Its kernel locks are dropped with our descriptor; then its record is
+                // taken over and removed by the member's own protocol.
+                let record = own_record(held)?;
+                drop(theirs);
+                let before = dir_id(dir);
+                match try_take(&member, req, &record) {
+                    Ok(Some(stale)) => {
+                        stale.release(false)?;
+                        return Ok(None);
+                    }
+                    Ok(None) => {}
+                    Err(_) if went(dir, &before) => return Ok(None),
+                    Err(err) => return Err(err),
+                }
+            }
+            stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => return Ok(Some(stop.into_acquired(&theirs))),
+        }
+    }
+}
+
+/// Releases LOCK (the gate) and returns `outcome`; an error of the release is said
+/// after the outcome's own.
+pub(super) fn give_up<T>(held: Held, outcome: Result<T>) -> Result<T> {
+    let released = held.release(false);
+    match (outcome, released) {
+        (Ok(outcome), Ok(_)) => Ok(outcome),
+        (Ok(_), Err(err)) => Err(err),
+        (Err(err), _) => Err(err),
+    }
+}
+
+/// The record in our own held file (read through our descriptor).
+fn own_record(held: &Held) -> Result<Record> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; record::MAX_LEN + 1];
+    let len = held
+        .file
+        .read_at(&mut bytes, 0)
+        .map_err(|err| cannot("read back", held.lock.shown(), &err))?;
+    Record::parse(&bytes[..len]).map_err(|why| anyhow!("cannot read back {}: {why}", held.lock.shown()))
+}
+
+/// Nesting (SPEC §4.6, §9): the record of the member of LOCK that an ancestor holds,
+/// if any.
+pub(super) fn held_by_ancestor(lock: &LockPath, inherited: &Inherited) -> Result<Option<Record>> {
+    let dir = lock.members_dir();
+    let Some(members) = list(&dir).map_err(|err| cannot("read", escape::path(&dir), &err))? else {
+        return Ok(None);
+    };
+    for (name, _) in members {
+        if let Some(record) = read(&dir, &name).map_err(|err| cannot("read", escape::path(&dir), &err))? {
+            if inherited.holds(&record.nonce) {
+                return Ok(Some(record));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// An exclusive xlock inside the command of a shared (or slot) holder of the same
+/// LOCK would wait for its own ancestor forever: exit 125 instead (SPEC §9).
+pub(super) fn refuse_upgrade(lock: &LockPath, inherited: &Inherited) -> Result<()> {
+    match held_by_ancestor(lock, inherited)? {
+        None => Ok(()),
+        Some(ancestor) => Err(anyhow!(
+            "cannot upgrade a shared lock to an exclusive one: an ancestor (pid {}) holds {} with {}, \
+             and an exclusive xlock would wait for it forever; take the exclusive lock in place of the shared one, \
+             or run this command with {} too",
+            ancestor.pid,
+            lock.shown(),
+            kind_of(&ancestor),
+            kind_of(&ancestor)
+        )),
+    }
+}
+
+/// `--status` of a LOCK (SPEC §2, §9): every member, and LOCK's own holder, which is
+/// an exclusive holder, or, while members hold it, the one next in line (a writer
+/// waiting out the readers, a slot waiter, a shared acquirer being admitted).
+pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> Result<State> {
+    let at_lock = inspect::inspect(lock, me, stale_after)?;
+    let dir = lock.members_dir();
+    let Some(mut members) = list(&dir).map_err(|err| cannot("inspect", escape::path(&dir), &err))? else {
+        return Ok(at_lock);
+    };
+    members.sort_by_key(|(name, kind)| (*kind != Name::Shared, slot_of(*kind), name.clone()));
+    let mut holders = Vec::new();
+    for (name, _) in members {
+        let member = member_path(&dir, &name)?;
+        match inspect::inspect(&member, me, stale_after) {
+            Ok(State::Holders(found)) => holders.extend(found),
+            // Gone a moment ago, or not xlock's.
+            Ok(State::Free | State::Foreign(_) | State::HeldByOther(..)) => {}
+            Err(_) if !dir.is_dir() => {}
+            Err(err) => return Err(err),
+        }
+    }
+    if holders.is_empty() {
+        return Ok(at_lock);
+    }
+    match at_lock {
+        State::Holders(gate) => holders.extend(gate.into_iter().map(|holder| match holder.state {
+            HolderState::Held { .. } => Holder {
+                record: holder.record,
+                state: HolderState::NextInLine,
+            },
+            state => Holder {
+                record: holder.record,
+                state,
+            },
+        })),
+        // A file lock's inspect never says HeldByOther (that is etcd's).
+        State::Free | State::Foreign(_) | State::HeldByOther(..) => {}
+    }
+    Ok(State::Holders(holders))
+}
+
+fn slot_of(kind: Name) -> u32 {
+    match kind {
+        Name::Shared => 0,
+        Name::Slot(k) => k,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_are_recognised_exactly() {
+        assert_eq!(Name::of(b"0123456789abcdef0123456789abcdef"), Some(Name::Shared));
+        assert_eq!(Name::of(b"slot.0"), Some(Name::Slot(0)));
+        assert_eq!(Name::of(b"slot.17"), Some(Name::Slot(17)));
+        for other in [
+            &b"slot."[..],
+            b"slot.01",
+            b"slot.-1",
+            b"slot.99999999999",
+            b".slot.0.0123456789abcdef0123456789abcdef.xlock-tmp",
+            b"0123456789abcdef0123456789abcde",
+            b"notes.txt",
+        ] {
+            assert_eq!(Name::of(other), None, "{}", String::from_utf8_lossy(other));
+        }
+        assert_eq!(slot_name(3), "slot.3");
+    }
+
+    #[test]
+    fn side_files_name_their_member() {
+        let of = |name: &str| member_of_side_file(name.as_bytes()).map(|m| String::from_utf8_lossy(m).into_owned());
+        let nonce = "0123456789abcdef0123456789abcdef";
+        assert_eq!(of(&format!("{nonce}.{nonce}.xlock-tmp")).as_deref(), Some(nonce));
+        assert_eq!(
+            of(&format!("slot.12.{nonce}-3.xlock-claim")).as_deref(),
+            Some("slot.12")
+        );
+        assert_eq!(of(&format!("slot.{nonce}.xlock-tmp")), None);
+        assert_eq!(of("slot.1"), None);
+        assert_eq!(of(nonce), None);
+    }
+}

@@ -1,0 +1,308 @@
+//! Shared locks and slots (SPEC §9): the kind [`SharedLock`] (`--shared`, `--slots N`)
+//! and its held lock, a [`Member`].
+//!
+//! "Gate and members" (docs/design.md, "Shared locks and slots"): LOCK itself, the
+//! exclusive lock of SPEC §4, is the *gate*, held only for a moment by a shared
+//! acquirer (while it writes its member record) and, for as long as they wait, by a
+//! writer waiting out the readers or by a slot waiter. Each holder is a *member*: an
+//! ordinary exclusive file lock of its own in `.NAME.xlock-members/` (`members.rs`).
+//! Whoever holds the gate is next in line; everyone else queues on the gate's kernel
+//! locks, so once a writer waits, new readers queue behind it (writer preference),
+//! and exactly one waiter at a time can take a crashed member's share or slot over.
+//! Leaving never takes the gate: a releasing reader must not queue behind a writer.
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use nix::sys::inotify::Inotify;
+
+use super::file;
+use super::held::Held;
+use super::members::{self, mismatch, step_request};
+use super::path::LockPath;
+use super::slots;
+use super::theirs::{open_record, Found};
+use super::{Acquired, Holding, Kind, Released, Request, State};
+use crate::error::read_error;
+use crate::liveness::Identity;
+use crate::nesting::Inherited;
+use crate::record::{Mode, Record};
+use crate::supervise::{Guard, Health};
+
+/// The variable that tells a slot holder's command its slot.
+pub const SLOT_ENV: &str = "XLOCK_SLOT";
+
+/// A shared lock (`slots` = `None`) or one of N slots on LOCK.
+pub struct SharedLock {
+    lock: LockPath,
+    slots: Option<u32>,
+}
+
+impl SharedLock {
+    /// `--shared` (`slots` = `None`) or `--slots N` on the lock at `given`.
+    pub fn new(given: &Path, slots: Option<u32>) -> Result<SharedLock> {
+        Ok(SharedLock {
+            lock: LockPath::new(given)?,
+            slots,
+        })
+    }
+
+    /// What this xlock asked for, as messages say it.
+    fn asked(&self) -> String {
+        match self.slots {
+            Some(n) => format!("--slots {n}"),
+            None => "--shared".into(),
+        }
+    }
+
+    /// Whether a holder's record is of the kind this xlock asked for.
+    fn same_kind(&self, record: &Record) -> bool {
+        match self.slots {
+            None => record.mode.as_deref() == Some(Mode::SHARED),
+            Some(n) => record.mode.as_deref() == Some(Mode::SLOTS) && record.slots == Some(n),
+        }
+    }
+
+    /// Whether LOCK's holder, which this xlock would wait for, may share LOCK with it:
+    /// an exclusive holder (or writer) may, for a shared lock; another kind never.
+    fn check_gate(&self, holder: &Record) -> Result<()> {
+        let compatible = self.same_kind(holder) || (self.slots.is_none() && holder.mode.is_none());
+        if compatible {
+            Ok(())
+        } else {
+            Err(mismatch(&self.lock, &self.asked(), holder))
+        }
+    }
+
+    /// The uncontended path: nobody holds anything (this xlock makes the members
+    /// directory), so join without the gate, then look at LOCK. A writer links LOCK
+    /// before it looks at the members, so if LOCK is still absent once our record is
+    /// in place, the writer's look will find it and wait for us. If LOCK is there (a
+    /// writer, or an acquirer next in line), leave again and queue at the gate.
+    fn join_at_once(&self, req: &Request<'_>, record: &Record) -> Result<Option<Member>> {
+        let dir = self.lock.members_dir();
+        if !members::make_dir(&self.lock, &dir)? {
+            return Ok(None);
+        }
+        let step = req.report.for_step();
+        let step_req = Request {
+            inherit: req.inherit,
+            ..step_request(req, &step)
+        };
+        let (name, slot) = match self.slots {
+            None => (record.nonce.clone(), None),
+            Some(_) => (members::slot_name(0), Some(0)),
+        };
+        let mut ours = record.clone();
+        ours.slot = slot;
+        let before = members::dir_id(&dir);
+        let held = match members::try_take(&members::member_path(&dir, &name)?, &step_req, &ours) {
+            Ok(Some(held)) => held,
+            // Another acquirer came first, or the directory went again: the gate.
+            Ok(None) => return Ok(None),
+            Err(_) if members::went(&dir, &before) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let member = Member::new(held, &self.lock, slot);
+        let lock_is_free = matches!(
+            std::fs::symlink_metadata(&self.lock.path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound
+        );
+        if lock_is_free {
+            return Ok(Some(member));
+        }
+        member.release(false)?;
+        Ok(None)
+    }
+
+    /// Holding the gate: a share or a slot.
+    fn admit(&self, req: &Request<'_>, record: &Record) -> Result<Acquired<Member>> {
+        match self.slots {
+            Some(n) => slots::admit(&self.lock, n, req, record),
+            None => self.admit_shared(req, record),
+        }
+    }
+
+    /// Holding the gate: our member record, named by our nonce (no one else's name,
+    /// so it never waits). Stale members of crashed holders are removed first.
+    fn admit_shared(&self, req: &Request<'_>, record: &Record) -> Result<Acquired<Member>> {
+        let dir = self.lock.members_dir();
+        let step = req.report.for_step();
+        let step_req = Request {
+            inherit: req.inherit,
+            ..step_request(req, &step)
+        };
+        for _ in 0..100 {
+            if !members::make_dir(&self.lock, &dir)? {
+                members::sweep_shared(&self.lock, &dir, &step_request(req, &step), record)?;
+            }
+            let before = members::dir_id(&dir);
+            let path = members::member_path(&dir, &record.nonce)?;
+            match file::acquire(&path, &step_req, record.clone()) {
+                Ok(acquired) => return Ok(Member::of(acquired, &self.lock, None)),
+                // The last member to leave removed the directory under us: make it again.
+                Err(_) if members::went(&dir, &before) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        bail!(
+            "the directory {} keeps disappearing; is something cleaning {}?",
+            crate::escape::path(&dir),
+            crate::escape::path(&self.lock.dir)
+        )
+    }
+}
+
+impl Kind for SharedLock {
+    type Held = Member;
+
+    fn name(&self) -> &Path {
+        &self.lock.path
+    }
+
+    fn acquire(&self, req: &Request<'_>, mut record: Record) -> Result<Acquired<Member>> {
+        let started = Instant::now();
+        record.mode = Some(
+            if self.slots.is_some() {
+                Mode::SLOTS
+            } else {
+                Mode::SHARED
+            }
+            .into(),
+        );
+        record.slots = self.slots;
+        if let Some(member) = self.join_at_once(req, &record)? {
+            req.report.acquired(None);
+            return Ok(Acquired::Held(member));
+        }
+        // A LOCK of another kind: say so at once rather than after waiting for it.
+        if let Found::Record(theirs) = open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
+            self.check_gate(&theirs.record)?;
+        }
+        let step = req.report.for_step();
+        let gate = match file::acquire(&self.lock, &step_request(req, &step), record.clone())? {
+            Acquired::Held(gate) => gate,
+            Acquired::Busy(holder, command) => return Ok(Acquired::Busy(holder, command)),
+            Acquired::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
+        };
+        let admitted = self.admit(req, &record);
+        if !matches!(admitted, Ok(Acquired::Held(_))) {
+            members::remove_dir_if_empty(&self.lock.members_dir());
+        }
+        let released = gate.release(false);
+        match (admitted, released) {
+            (Ok(Acquired::Held(member)), Ok(_)) => {
+                let waited = step.has_waited() || req.report.has_waited();
+                req.report.acquired(waited.then(|| started.elapsed()));
+                Ok(Acquired::Held(member))
+            }
+            (Ok(Acquired::Held(member)), Err(err)) => {
+                let _ = member.release(false);
+                Err(err)
+            }
+            (Ok(other), released) => released.map(|_| other),
+            (Err(err), _) => Err(err),
+        }
+    }
+
+    fn nested(&self, inherited: &Inherited) -> Result<Option<Record>> {
+        // An ancestor holds LOCK exclusively: that implies shared (not a slot).
+        if let Found::Record(theirs) = open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
+            if inherited.holds(&theirs.record.nonce) {
+                return match self.slots {
+                    None => Ok(Some(theirs.record)),
+                    Some(_) => Err(mismatch(&self.lock, &self.asked(), &theirs.record)),
+                };
+            }
+        }
+        match members::held_by_ancestor(&self.lock, inherited)? {
+            Some(ancestor) if self.same_kind(&ancestor) => Ok(Some(ancestor)),
+            Some(ancestor) => Err(mismatch(&self.lock, &self.asked(), &ancestor)),
+            None => Ok(None),
+        }
+    }
+
+    fn inspect(&self, me: &Identity, stale_after: Duration) -> Result<State> {
+        members::inspect(&self.lock, me, stale_after)
+    }
+}
+
+/// A share or a slot held by this process: its member record, an exclusive file lock
+/// of its own (heartbeat, loss, command lock, release as SPEC §4.4–4.5 say).
+pub struct Member {
+    held: Held,
+    /// LOCK's absolute path, for `XLOCK_PATH` and `XLOCK_HELD`.
+    lock: PathBuf,
+    /// The members directory, removed by the last member to leave.
+    dir: PathBuf,
+    slot: Option<u32>,
+    /// The slot waiter's inotify instance, closed once the command has started.
+    closing: Cell<Option<Inotify>>,
+}
+
+impl Member {
+    /// `held`, a record in `lock`'s members directory, as a [`Member`].
+    pub(super) fn new(held: Held, lock: &LockPath, slot: Option<u32>) -> Member {
+        Member {
+            held,
+            lock: lock.path.clone(),
+            dir: lock.members_dir(),
+            slot,
+            closing: Cell::new(None),
+        }
+    }
+
+    /// The member `acquired` as a [`Member`].
+    pub(super) fn of(acquired: Acquired<Held>, lock: &LockPath, slot: Option<u32>) -> Acquired<Member> {
+        match acquired {
+            Acquired::Held(held) => Acquired::Held(Member::new(held, lock, slot)),
+            Acquired::Busy(holder, command) => Acquired::Busy(holder, command),
+            Acquired::Interrupted(signal) => Acquired::Interrupted(signal),
+        }
+    }
+
+    /// Keeps `watch` open until the command has started (the first
+    /// [`Guard::next_check`], which supervision asks right after the spawn): its close
+    /// is slow, and must not delay the command.
+    pub(super) fn close_after_start(&mut self, watch: Option<Inotify>) {
+        self.closing = Cell::new(watch);
+    }
+}
+
+impl Guard for Member {
+    fn next_check(&self) -> Option<Instant> {
+        drop(self.closing.take());
+        self.held.next_check()
+    }
+
+    fn check(&self) -> Health {
+        self.held.check()
+    }
+}
+
+impl Holding for Member {
+    fn identity(&self) -> (&Path, &str) {
+        (&self.lock, &self.held.nonce)
+    }
+
+    fn env(&self) -> Option<(&'static str, OsString)> {
+        self.slot.map(|k| (SLOT_ENV, OsString::from(k.to_string())))
+    }
+
+    fn inherit(&self) -> Option<BorrowedFd<'_>> {
+        self.held.inherit()
+    }
+
+    /// Releases the member record as the exclusive lock is released (or leaves it to
+    /// the command's tree), then removes the members directory if it was the last.
+    /// Never takes the gate.
+    fn release(self, name_them: bool) -> Result<Released> {
+        let released = self.held.release(name_them);
+        members::remove_dir_if_empty(&self.dir);
+        released
+    }
+}

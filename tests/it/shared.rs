@@ -1,0 +1,418 @@
+//! Shared locks and slots (SPEC §9, issue 14), with real processes, in every mode:
+//! shared holders overlap, an exclusive holder excludes them both ways, a waiting
+//! writer is not overtaken by later readers (timestamps), slots never exceed N and
+//! XLOCK_SLOT is unique, a LOCK is of one kind, -n / --timeout / signals / exit codes
+//! per holder, crashes free a share or slot at once and exactly one waiter takes a
+//! stale one over, nesting, `--status`, and nothing left behind.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::Value;
+
+tests_in_every_mode!(
+    shared_holders_overlap_and_status_lists_each,
+    an_exclusive_holder_excludes_shared_ones_both_ways,
+    a_waiting_writer_goes_before_later_readers,
+    slots_are_never_more_than_n_and_unique,
+    a_lock_is_of_one_kind,
+    nonblock_timeout_signals_and_exit_codes_per_holder,
+    a_crashed_holder_frees_its_share_or_slot_and_one_waiter_takes_it_over,
+    a_slot_kept_by_the_command_tree_is_free_when_the_tree_ends,
+    nesting_shared_runs_and_exclusive_under_shared_is_refused,
+);
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `xlock EXTRA... LOCK -c SCRIPT` in mode `t`, run to the end.
+fn run(t: Mode, extra: &[&str], lock: &Path, script: &str) -> Output {
+    t.hold_args(extra, lock, script).stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn status_text(lock: &Path) -> (Option<i32>, String) {
+    let out = xlock(["--status".to_owned(), arg(lock)]).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn status_json(lock: &Path) -> Vec<Value> {
+    let out = xlock(["--status".to_owned(), "--json".to_owned(), arg(lock)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Once `pid` holds LOCK (the gate) and waits: a writer waiting out the readers, a
+/// shared acquirer waiting for a writer, a slot waiter.
+fn wait_until_next_in_line(pid: i32, lock: &Path) {
+    wait_until(LIMIT, "LOCK exists", || lock.exists());
+    wait_until_waiting(pid, lock);
+}
+
+/// Nothing at all is left in the sandbox but `keep`.
+fn assert_nothing_left(sandbox: &Sandbox, keep: &[&str]) {
+    let left: Vec<String> = sandbox
+        .entries()
+        .into_iter()
+        .filter(|name| !keep.contains(&name.as_str()))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn release_all(holders: &mut [Running]) {
+    for holder in holders.iter_mut() {
+        holder.release();
+    }
+    for holder in holders.iter_mut() {
+        assert!(holder.wait().success());
+    }
+}
+
+fn shared_holders_overlap_and_status_lists_each(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    // Each starts while the others hold: they overlap.
+    let mut holders: Vec<Running> = (0..3).map(|_| t.hold(&["-s"], &lock, "read _; exit 0")).collect();
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(75), "{text}");
+    for holder in &holders {
+        let line = format!("held (shared) by pid {} ", holder.pid());
+        assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+    }
+    assert_eq!(text.lines().count(), 3, "{text}");
+    let objects = status_json(&lock);
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    for object in &objects {
+        assert_eq!(object["state"], "held");
+        assert_eq!(object["mode"], "shared");
+        assert_eq!(object["lock"], arg(&lock));
+        assert!(holders.iter().any(|h| object["pid"] == h.pid().as_raw()), "{object}");
+    }
+    release_all(&mut holders);
+    assert_eq!(status_text(&lock), (Some(0), format!("{}: free\n", lock.display())));
+    assert_nothing_left(&sandbox, &[]);
+}
+
+fn an_exclusive_holder_excludes_shared_ones_both_ways(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let mut reader = t.hold(&["-s"], &lock, "read _; exit 0");
+    let out = run(t, &["-n"], &lock, "echo ran");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains(&format!("held by pid {}", reader.pid())),
+        "{}",
+        stderr(&out)
+    );
+    // A writer waits for the reader, holding LOCK; status names it next in line.
+    let mut writer = Running::start(t.hold_args(&[], &lock, "echo started; read _; exit 0"));
+    wait_until_next_in_line(writer.child.id() as i32, &lock);
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(75));
+    assert!(
+        text.contains(&format!("held (shared) by pid {}", reader.pid()))
+            && text.contains(&format!("next in line (exclusive): pid {}", writer.pid())),
+        "{text}"
+    );
+    let states: Vec<Value> = status_json(&lock).iter().map(|o| o["state"].clone()).collect();
+    assert_eq!(states, ["held", "waiting"]);
+    reader.release();
+    assert!(reader.wait().success());
+    assert_eq!(writer.line(), "started");
+    // And the other way: a shared request while the writer holds.
+    let out = run(t, &["-s", "-n"], &lock, "echo ran");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("held by pid {}", writer.pid())),
+        "{}",
+        stderr(&out)
+    );
+    writer.release();
+    assert!(writer.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
+
+/// SPEC §9: once a writer waits, readers that come later start only after it ended,
+/// told by the commands' own timestamps.
+fn a_waiting_writer_goes_before_later_readers(t: Mode) {
+    let sandbox = Sandbox::new();
+    let (lock, log) = (sandbox.lock(), sandbox.path("log"));
+    let mut first = t.hold(&["-s"], &lock, &format!("read _; {}", stamp("R1E", &log)));
+    let mut writer = Running::start(t.hold_args(
+        &[],
+        &lock,
+        &format!("{}; echo started; read _; {}", stamp("WB", &log), stamp("WE", &log)),
+    ));
+    wait_until_next_in_line(writer.child.id() as i32, &lock);
+    let late: Vec<Child> = (0..2)
+        .map(|_| {
+            t.hold_args(&["-s"], &lock, &stamp("R2B", &log))
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for reader in &late {
+        wait_until_waiting(reader.id() as i32, &lock);
+    }
+    first.release();
+    assert!(first.wait().success());
+    assert_eq!(writer.line(), "started");
+    writer.release();
+    assert!(writer.wait().success());
+    for reader in late {
+        assert!(reader.wait_with_output().unwrap().status.success());
+    }
+    let stamps = read_stamps(&log);
+    let at = |word: &str| stamps.iter().find(|s| s.word == word).unwrap().ns;
+    let words: Vec<&str> = stamps.iter().map(|s| s.word.as_str()).collect();
+    assert_eq!(words, ["R1E", "WB", "WE", "R2B", "R2B"], "{stamps:?}");
+    assert!(at("R1E") <= at("WB") && at("WE") <= at("R2B"), "{stamps:?}");
+    assert_nothing_left(&sandbox, &["log"]);
+}
+
+fn slot_of(holder: &mut Running) -> u32 {
+    holder.line().parse().unwrap()
+}
+
+fn slots_are_never_more_than_n_and_unique(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let slots = ["--slots", "2"];
+    let script = "echo $XLOCK_SLOT; read _; exit 0";
+    let mut a = t.hold(&slots, &lock, script);
+    let mut b = t.hold(&slots, &lock, script);
+    let (slot_a, slot_b) = (slot_of(&mut a), slot_of(&mut b));
+    let mut taken = [slot_a, slot_b];
+    taken.sort_unstable();
+    assert_eq!(taken, [0, 1]);
+    let out = run(t, &["--slots", "2", "-n"], &lock, "echo ran");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(75));
+    assert!(
+        text.contains(&format!("held (slot {slot_a} of 2) by pid {}", a.pid()))
+            && text.contains(&format!("held (slot {slot_b} of 2) by pid {}", b.pid())),
+        "{text}"
+    );
+    // A third waits (holding LOCK, next in line) and gets the slot that frees.
+    let mut c = Running::start(t.hold_args(&slots, &lock, &format!("echo started; {script}")));
+    wait_until_next_in_line(c.child.id() as i32, &lock);
+    let objects = status_json(&lock);
+    let waiting: Vec<&Value> = objects.iter().filter(|o| o["state"] == "waiting").collect();
+    assert_eq!(waiting.len(), 1, "{objects:?}");
+    assert_eq!(waiting[0]["pid"], c.pid().as_raw());
+    assert_eq!(waiting[0]["slots"], 2);
+    let (freed, kept) = if slot_a == 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    freed.release();
+    assert!(freed.wait().success());
+    assert_eq!(c.line(), "started");
+    assert_eq!(slot_of(&mut c), 0, "the freed slot is reused");
+    kept.release();
+    c.release();
+    assert!(kept.wait().success() && c.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
+
+fn a_lock_is_of_one_kind(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let mut slot = t.hold(&["--slots", "2"], &lock, "read _; exit 0");
+    let out = run(t, &["--slots", "3"], &lock, "echo ran");
+    assert_fails(&out, &["held with --slots 2", "asked for --slots 3", "use --slots 2"]);
+    assert!(out.stdout.is_empty());
+    let out = run(t, &["-s"], &lock, "echo ran");
+    assert_fails(&out, &["held with --slots 2", "asked for --shared"]);
+    let out = run(t, &[], &lock, "echo ran");
+    assert_fails(&out, &["held with --slots 2", "asked for an exclusive lock"]);
+    slot.release();
+    assert!(slot.wait().success());
+    let mut shared = t.hold(&["-s"], &lock, "read _; exit 0");
+    let out = run(t, &["--slots", "2"], &lock, "echo ran");
+    assert_fails(&out, &["held with --shared", "asked for --slots 2"]);
+    shared.release();
+    assert!(shared.wait().success());
+    let mut exclusive = t.hold(&[], &lock, "read _; exit 0");
+    let out = run(t, &["--slots", "2"], &lock, "echo ran");
+    assert_fails(&out, &["held with an exclusive lock", "asked for --slots 2"]);
+    exclusive.release();
+    assert!(exclusive.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
+
+fn nonblock_timeout_signals_and_exit_codes_per_holder(t: Mode) {
+    use nix::sys::signal::Signal;
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    // Exit codes pass through, per holder.
+    let mut other = t.hold(&["-s"], &lock, "read _; exit 0");
+    assert_eq!(run(t, &["-s"], &lock, "exit 7").status.code(), Some(7));
+    let out = run(t, &["--slots", "1", "-E", "9", "-n"], &lock, "true");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "mixing is an error, not busy: {}",
+        stderr(&out)
+    );
+    other.release();
+    assert!(other.wait().success());
+    // A busy slot: -n, -E, --timeout.
+    let mut holder = t.hold(&["--slots", "1"], &lock, "read _; exit 0");
+    let out = run(t, &["--slots", "1", "-n", "-E", "9"], &lock, "echo ran");
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("busy (held by pid {}", holder.pid())),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(t, &["--slots", "1", "-w", "0.3"], &lock, "echo ran");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out after"), "{}", stderr(&out));
+    // A signal ends a slot waiter's wait: it dies of it and leaves LOCK (the gate).
+    let mut waiter = t
+        .hold_args(&["--slots", "1"], &lock, "echo ran")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_next_in_line(waiter.id() as i32, &lock);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(waiter.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(waiter.wait().unwrap().signal(), Some(Signal::SIGTERM as i32));
+    assert!(!lock.exists(), "the waiter left LOCK behind");
+    holder.release();
+    assert!(holder.wait().success());
+    // A shared holder's command killed by a signal: its xlock dies of the same.
+    let out = run(t, &["-s"], &lock, "kill -USR1 $$");
+    assert_eq!(out.status.signal(), Some(Signal::SIGUSR1 as i32));
+    assert_nothing_left(&sandbox, &[]);
+}
+
+fn a_crashed_holder_frees_its_share_or_slot_and_one_waiter_takes_it_over(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    for (kind, waiters_take) in [(&["-s"][..], &[][..]), (&["--slots", "1"][..], &["--slots", "1"][..])] {
+        // --close: the command dies with its xlock (nothing of its tree keeps it).
+        let mut args = kind.to_vec();
+        args.push("--close");
+        let mut holder = t.hold(&args, &lock, "exec sleep 30");
+        holder.kill(nix::sys::signal::Signal::SIGKILL);
+        holder.wait();
+        assert!(status_text(&lock).1.contains("stale"), "{}", status_text(&lock).1);
+        // Exclusive waiters drain a stale share; slot waiters take the stale slot.
+        let waiters: Vec<Child> = (0..4)
+            .map(|_| {
+                let mut args = vec!["-v"];
+                args.extend_from_slice(waiters_take);
+                t.hold_args(&args, &lock, "true")
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(count_takeovers(waiters), 1, "{kind:?}");
+        assert_nothing_left(&sandbox, &[]);
+    }
+}
+
+/// SPEC §4.5 per holder: a slot holder's xlock is killed while its command runs on;
+/// the slot stays held until the command ends, then a waiter gets it at once.
+fn a_slot_kept_by_the_command_tree_is_free_when_the_tree_ends(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let slots = ["--slots", "1"];
+    // The command ignores the SIGTERM it gets when its xlock dies.
+    let mut holder = t.hold_script(&slots, &lock, "trap '' TERM; echo started; read _");
+    holder.kill(nix::sys::signal::Signal::SIGKILL);
+    let mut waiter = Running::start(t.hold_args(&slots, &lock, "echo started $XLOCK_SLOT"));
+    wait_until_next_in_line(waiter.child.id() as i32, &lock);
+    let out = run(t, &["--slots", "1", "-n"], &lock, "echo ran");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    holder.release(); // the command's `read` returns: the tree ends
+    holder.wait();
+    assert_eq!(waiter.line(), "started 0");
+    assert!(waiter.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
+
+fn nesting_shared_runs_and_exclusive_under_shared_is_refused(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let me = xlock_bin().display().to_string();
+    let l = arg(&lock);
+    let script = format!("'{me}' -s '{l}' echo inner-shared; '{me}' '{l}' echo inner-exclusive; echo exclusive=$?");
+    let out = run(t, &["-s"], &lock, &script);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inner-shared\nexclusive=125\n");
+    assert!(
+        stderr(&out).contains("cannot upgrade a shared lock"),
+        "{}",
+        stderr(&out)
+    );
+    // Holding exclusive implies shared.
+    let out = run(t, &[], &lock, &format!("'{me}' -s '{l}' echo inner-shared"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inner-shared\n",
+        "{}",
+        stderr(&out)
+    );
+    // Slots in slots: the same slot, at once; another N is an error.
+    let script =
+        format!("'{me}' --slots 2 '{l}' sh -c 'echo inner $XLOCK_SLOT'; '{me}' --slots 3 '{l}' true; echo other-n=$?");
+    let out = run(t, &["--slots", "2"], &lock, &script);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inner 0\nother-n=125\n",
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_left(&sandbox, &[]);
+}
+
+/// SPEC §6 per holder: a LOCK that is not a lock record, or whose directory is missing,
+/// is exit 125 naming it, for shared locks and slots as for the exclusive lock, and
+/// nothing is changed; a file xlock did not make in the members directory is left.
+#[test]
+fn bad_input_is_refused_and_left_as_it_was() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.path("data.lock");
+    fs::write(&data, "user data\n").unwrap();
+    let missing = sandbox.path("missing/dir.lock");
+    for kind in [&["-s"][..], &["--slots", "2"][..]] {
+        let out = run(Mode::Unnamed, kind, &data, "echo ran");
+        assert_fails(&out, &["data.lock", "not an xlock lock file"]);
+        let out = run(Mode::Unnamed, kind, &missing, "echo ran");
+        assert_fails(&out, &["missing", "does not exist"]);
+    }
+    assert_eq!(fs::read_to_string(&data).unwrap(), "user data\n");
+    let lock = sandbox.lock();
+    let members = sandbox.path(".test.lock.xlock-members");
+    fs::create_dir(&members).unwrap();
+    fs::write(members.join("notes"), "mine\n").unwrap();
+    for kind in [&["-s"][..], &[][..]] {
+        let out = run(Mode::Unnamed, kind, &lock, "echo ran");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n", "{}", stderr(&out));
+    }
+    assert_eq!(fs::read_to_string(members.join("notes")).unwrap(), "mine\n");
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "data.lock"]);
+}

@@ -1,0 +1,269 @@
+//! Stress of shared locks and slots (SPEC §9, issue 14): many real xlock processes,
+//! shared and exclusive (or all with `--slots N`), while a killer SIGKILLs random
+//! xlocks (waiting, holding the gate, holding, releasing) and some commands SIGKILL
+//! themselves at a random point. Afterwards, from the commands' own timestamps: no
+//! exclusive section overlapped any other section, never more than N slot holders at
+//! once, slot numbers in 0..N and unique among the holders of the moment; and, once
+//! one more xlock has cleaned up after the crashes, nothing is left behind.
+//!
+//! Size: `XLOCK_STRESS_WORKERS` (default 6) × `XLOCK_STRESS_RUNS` (default 30), as for
+//! `stress.rs`; raise them for a longer opt-in run, e.g.
+//! `XLOCK_STRESS_RUNS=1000 cargo test --release --test it stress_shared::`.
+
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::common::*;
+use nix::unistd::Pid;
+
+tests_in_every_mode!(readers_and_writers_under_random_kills, slots_under_random_kills);
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// What a run takes: `-s`, an exclusive lock, or `--slots N`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Take {
+    Shared,
+    Exclusive,
+    Slot(u32),
+}
+
+/// One section, as its command logged it: `B` (begin) and `E` (end) or `X` (killed
+/// itself right after) lines, `WORD PID NS KIND SLOT`.
+#[derive(Debug, Clone)]
+struct Section {
+    pid: u32,
+    kind: String,
+    slot: Option<u32>,
+    begin: u128,
+    end: u128,
+}
+
+fn sections(log: &Path) -> Vec<Section> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let mut open: Vec<Section> = Vec::new();
+    let mut done = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.len(), 5, "torn log line {line:?}");
+        let (pid, ns): (u32, u128) = (words[1].parse().unwrap(), words[2].parse().unwrap());
+        match words[0] {
+            "B" => open.push(Section {
+                pid,
+                kind: words[3].to_owned(),
+                slot: words[4].parse().ok(),
+                begin: ns,
+                end: 0,
+            }),
+            _ => {
+                let at = open
+                    .iter()
+                    .position(|s| s.pid == pid)
+                    .unwrap_or_else(|| panic!("end without begin: {line}"));
+                let mut section = open.remove(at);
+                section.end = ns;
+                done.push(section);
+            }
+        }
+    }
+    assert!(open.is_empty(), "sections that never ended: {open:?}");
+    done
+}
+
+/// Checks the invariants over every moment: an exclusive section alone, at most
+/// `slots` sections at once, each with a slot in 0..N of its own.
+fn check(sections: &[Section], slots: Option<u32>) {
+    // Ends before begins at the same nanosecond.
+    let mut events: Vec<(u128, bool, usize)> = Vec::new();
+    for (i, s) in sections.iter().enumerate() {
+        assert!(s.begin <= s.end, "{s:?}");
+        events.push((s.begin, true, i));
+        events.push((s.end, false, i));
+    }
+    events.sort();
+    let mut active: Vec<usize> = Vec::new();
+    for (_, begins, i) in events {
+        if !begins {
+            active.retain(|&a| a != i);
+            continue;
+        }
+        let s = &sections[i];
+        let others: Vec<&Section> = active.iter().map(|&a| &sections[a]).collect();
+        assert!(
+            s.kind != "X" || others.is_empty(),
+            "an exclusive section overlapped: {s:?} with {others:?}"
+        );
+        assert!(
+            others.iter().all(|o| o.kind != "X"),
+            "a section began inside an exclusive one: {s:?} with {others:?}"
+        );
+        if let Some(n) = slots {
+            let slot = s.slot.unwrap_or_else(|| panic!("no XLOCK_SLOT: {s:?}"));
+            assert!(slot < n, "slot out of 0..{n}: {s:?}");
+            assert!(
+                others.len() < n as usize,
+                "more than {n} slot holders: {s:?} with {others:?}"
+            );
+            assert!(
+                others.iter().all(|o| o.slot != Some(slot)),
+                "slot {slot} held twice: {s:?} with {others:?}"
+            );
+        }
+        active.push(i);
+    }
+}
+
+fn readers_and_writers_under_random_kills(t: Mode) {
+    stress(t, None);
+}
+
+fn slots_under_random_kills(t: Mode) {
+    stress(t, Some(3));
+}
+
+fn stress(t: Mode, slots: Option<u32>) {
+    let workers = setting("XLOCK_STRESS_WORKERS", 6);
+    let runs = setting("XLOCK_STRESS_RUNS", 30);
+    let sandbox = Sandbox::new();
+    let (lock, log, messages) = (sandbox.path("test.lock"), sandbox.path("log"), sandbox.path("messages"));
+    let live: Arc<Mutex<HashSet<i32>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+
+    // Without kernel locks, waits poll (up to 250 ms apart): kill less often, or
+    // hardly any xlock gets its turn before it is killed.
+    let pace = if t == Mode::NoLocks { 5 } else { 1 };
+    let killer = {
+        let (live, done, kills) = (live.clone(), done.clone(), kills.clone());
+        thread::spawn(move || {
+            let mut random = Random::new();
+            while !done.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_micros(pace * (3000 + random.below(25_000))));
+                let live = live.lock().unwrap();
+                if live.is_empty() {
+                    continue;
+                }
+                let victim = *live.iter().nth(random.below(live.len() as u64) as usize).unwrap();
+                // Under the mutex, the victim is not reaped yet: its PID is still its own.
+                if nix::sys::signal::kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let handles: Vec<_> = (0..workers)
+        .map(|worker| {
+            let (live, lock, log, messages) = (live.clone(), lock.clone(), log.clone(), messages.clone());
+            thread::spawn(move || {
+                let mut random = Random(worker as u64 * 7919 + 17);
+                let mut ran = 0;
+                for _ in 0..runs {
+                    let take = match slots {
+                        Some(n) => Take::Slot(n),
+                        None if random.below(3) == 0 => Take::Exclusive,
+                        None => Take::Shared,
+                    };
+                    let kind = match take {
+                        Take::Exclusive => "X",
+                        Take::Shared => "S",
+                        Take::Slot(_) => "K",
+                    };
+                    let stamp = |word: &str| {
+                        format!(
+                            "echo \"{word} $$ $(date +%s%N) {kind} ${{XLOCK_SLOT:--}}\" >> '{}'",
+                            log.display()
+                        )
+                    };
+                    // One command in eight kills itself with SIGKILL inside its section.
+                    let end = if random.below(8) == 0 {
+                        format!("{}; kill -KILL $$", stamp("Z"))
+                    } else {
+                        stamp("E")
+                    };
+                    // The command ignores the SIGTERM it gets when its xlock is killed,
+                    // so its section ends, and its share or slot is held until then.
+                    let section = format!(
+                        "trap '' TERM; {}; i=0; while [ $i -lt {} ]; do i=$((i+1)); done; {end}",
+                        stamp("B"),
+                        100 + random.below(300)
+                    );
+                    let mut args: Vec<String> = vec!["-v".into()];
+                    match take {
+                        Take::Shared => args.push("-s".into()),
+                        Take::Exclusive => {}
+                        Take::Slot(n) => args.extend(["--slots".into(), n.to_string()]),
+                    }
+                    args.extend([lock.display().to_string(), "-c".into(), section]);
+                    let stderr = OpenOptions::new().create(true).append(true).open(&messages).unwrap();
+                    let status = run_as_victim(&live, t.xlock(&args).stdin(Stdio::null()).stderr(stderr));
+                    // Not killed (by the killer, or with its command): it ran and exited 0.
+                    if status.signal() != Some(Signal::SIGKILL as i32) {
+                        if !status.success() {
+                            let errors = unexpected_lines(
+                                &messages,
+                                &["waiting for", "acquired", "released", "took over stale"],
+                            );
+                            panic!("an xlock that was not killed failed: {status:?}; its errors: {errors:?}");
+                        }
+                        ran += 1;
+                    }
+                }
+                ran
+            })
+        })
+        .collect();
+    let ran: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    done.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+
+    // Commands of killed xlocks may still be in their sections: wait for every one of
+    // them, then one more xlock cleans up after the crashes (stale records, the gate).
+    // (A PID may be reused by now: it is ours while its command line names our log.)
+    let ours = log.display().to_string();
+    for line in fs::read_to_string(&log).unwrap_or_default().lines() {
+        let pid: i32 = line.split_whitespace().nth(1).and_then(|pid| pid.parse().ok()).unwrap();
+        wait_until(Duration::from_secs(20), "every command has ended", || {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !(process_alive(pid) && String::from_utf8_lossy(&cmdline).contains(&ours))
+        });
+    }
+    let sections = sections(&log);
+    let mut settle = vec![lock.display().to_string(), "true".into()];
+    if let Some(n) = slots {
+        settle.splice(0..0, ["--slots".to_owned(), n.to_string()]);
+    }
+    let out = t.xlock(&settle).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    check(&sections, slots);
+    let messages = fs::read_to_string(&messages).unwrap_or_default();
+    let takeovers = messages.matches("took over stale").count();
+    let kills = kills.load(Ordering::Relaxed);
+    let exclusive = sections.iter().filter(|s| s.kind == "X").count();
+    eprintln!(
+        "{t:?} {slots:?}: {} runs, {ran} ran to the end, {kills} xlocks killed, {} sections ({exclusive} exclusive), {takeovers} stale records taken over",
+        workers * runs,
+        sections.len()
+    );
+    assert!(kills > 0, "the run injected no crash");
+    assert!(
+        sections.len() >= ran,
+        "{ran} xlocks ran to the end but only {} sections were logged",
+        sections.len()
+    );
+    assert_eq!(
+        sandbox.entries(),
+        ["log", "messages"],
+        "lock, members or temp file left behind"
+    );
+}
