@@ -550,3 +550,20 @@ fn flock_wait_and_unlock_get_a_hint() {
         );
     }
 }
+
+/// etcd locks are exclusive only (SPEC §9 is for lock files): `--shared` and `--slots`
+/// with an etcd URL are refused up front, naming the URL and the option.
+#[test]
+fn etcd_locks_refuse_shared_and_slots() {
+    for (args, option) in [
+        (&["-s", "etcd://127.0.0.1:1/x", "true"][..], "--shared"),
+        (&["--slots", "2", "etcd://127.0.0.1:1/x", "true"][..], "--slots"),
+    ] {
+        let message = error(args);
+        assert!(
+            message.contains("etcd://127.0.0.1:1/x") && message.contains(&format!("drop {option}")),
+            "{args:?}: {message}"
+        );
+    }
+    assert_eq!(run(&["etcd://127.0.0.1:1/x", "true"]).mode, LockMode::Exclusive);
+}
