@@ -127,7 +127,7 @@ fn block_on(kind: KernelLock, theirs: &TheirFile, lock: &LockPath, req: &Request
         .map_err(|err| cannot("wait for", lock.shown(), &err))?;
     loop {
         match interrupter.take() {
-            Some(Wake::Tick) => theirs.report_waiting(req),
+            Some(Wake::Tick) => theirs.report_current(req, &lock.path),
             Some(Wake::Deadline) => return Ok(Waited::TimedOut),
             Some(Wake::Signal(signal)) => return Ok(Waited::Interrupted(signal)),
             None => {}

@@ -28,6 +28,16 @@ pub(super) enum Found {
     Foreign(String),
 }
 
+/// Who holds LOCK now, compared with a file that was there.
+pub(super) enum Successor {
+    /// The same file (or it cannot be told).
+    Same,
+    /// Another holder's file.
+    Other(Box<TheirFile>),
+    /// Nobody: LOCK is free at this moment.
+    Nobody,
+}
+
 /// Another holder's lock file, open for reading.
 pub(super) struct TheirFile {
     pub(super) file: File,
@@ -53,6 +63,29 @@ impl TheirFile {
     /// Shows (or keeps current) the waiting notice for this holder.
     pub(super) fn report_waiting(&self, req: &Request<'_>) {
         req.report.waiting(&self.record, || self.command_processes());
+    }
+
+    /// Keeps the waiting notice current while blocked on this file: it names whoever
+    /// holds LOCK now, as this file may have been released while we sleep queued on it
+    /// (docs/design.md, "Hand-offs").
+    pub(super) fn report_current(&self, req: &Request<'_>, lock: &Path) {
+        match self.successor(lock) {
+            Successor::Other(now) => now.report_waiting(req),
+            Successor::Same | Successor::Nobody => self.report_waiting(req),
+        }
+    }
+
+    /// Who holds LOCK now, as far as messages are concerned (an error reading it
+    /// counts as [`Successor::Same`]).
+    pub(super) fn successor(&self, lock: &Path) -> Successor {
+        if self.at(lock).unwrap_or(true) {
+            return Successor::Same;
+        }
+        match open_record(lock) {
+            Ok(Found::Record(now)) => Successor::Other(Box::new(now)),
+            Ok(Found::Vanished) => Successor::Nobody,
+            Ok(Found::Foreign(_)) | Err(_) => Successor::Same,
+        }
     }
 
     pub(super) fn same_file(&self, id: &FileId) -> bool {

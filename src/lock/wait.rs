@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use super::kernel::{wait_for, KernelLock, Waited};
 use super::path::LockPath;
-use super::theirs::TheirFile;
+use super::theirs::{Successor, TheirFile};
 use super::{Acquired, Request};
 use crate::error::read_error;
 use crate::liveness::{self, Alive, Locking, Stale, Verdict};
@@ -32,10 +32,16 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    pub(super) fn into_acquired<H>(self, theirs: &TheirFile) -> Acquired<H> {
+    /// What the wait on `theirs` came to; a busy lock names its holder now (a waiter
+    /// queued on a released file may have slept through several hand-offs).
+    pub(super) fn into_acquired<H>(self, theirs: &TheirFile, lock: &LockPath) -> Acquired<H> {
         match self {
             Outcome::Interrupted(signal) => Acquired::Interrupted(signal),
-            _ => Acquired::Busy(Some(theirs.record.clone()), theirs.command_processes()),
+            _ => match theirs.successor(&lock.path) {
+                Successor::Same => Acquired::Busy(Some(theirs.record.clone()), theirs.command_processes()),
+                Successor::Other(now) => Acquired::Busy(Some(now.record.clone()), now.command_processes()),
+                Successor::Nobody => Acquired::Busy(None, Vec::new()),
+            },
         }
     }
 }
