@@ -7,19 +7,31 @@
 //! 2. hand-off: holder's command ends -> waiter's command starts, stamped by the
 //!    commands themselves (a tiny C program reading CLOCK_REALTIME);
 //! 3. take-over: holder's wrapper SIGKILLed -> waiter's command starts;
-//! 4. throughput: 4 processes x 200 runs on one lock;
+//! 4. throughput: M processes (M = 1, 4, 16, 64), each running `TOOL LOCK true` in a
+//!    loop, as ratios to flock(1) in the same run, with the CPU time per run;
 //! 5. peak RSS of the wrapper process (wait4's rusage).
 //!
-//! Every run writes its figures to docs/benchmarks.md (and prints them), with the
+//! Beside the peers runs the physical floor (SPEC §7): benches/floor.c, a static C
+//! program that only opens LOCK, flocks it, vforks and execs the command and waits
+//! (no record, no checks), compiled here with `gcc -O2 -static`.
+//!
+//! A full run writes its figures to docs/benchmarks.md (and prints them), with the
 //! date, the machine, the tool versions and the load average; the README only
-//! summarises the targets and points there.
+//! summarises the targets and points there. `XLOCK_BENCH=throughput` (a
+//! comma-separated list of `uncontended`, `handoff`, `takeover`, `throughput`, `rss`)
+//! runs only those sections and only prints them: the machine may be shared, and a
+//! full run takes minutes. A section is a function taking the [`Bench`], called once
+//! from `main` through [`Sections::run`].
 //!
 //! xlock is measured as `cargo build --release` makes it (statically linked on
 //! linux-gnu, by .cargo/config.toml) and, for comparison, dynamically linked
 //! (`-C target-feature=-crt-static`, built here into target/dynamic). A peer that is
 //! not installed is listed as skipped. Settings: XLOCK_BENCH_ROUNDS (uncontended
 //! rounds, default 300), XLOCK_BENCH_HANDOFFS (default 100),
-//! XLOCK_BENCH_THROUGHPUT_ROUNDS (default 3).
+//! XLOCK_BENCH_THROUGHPUT_ROUNDS (default 3), XLOCK_BENCH_THROUGHPUT_RUNS (runs per M,
+//! shared among the M processes, default 800), XLOCK_BENCH_THROUGHPUT_M (default
+//! `1,4,16,64`), XLOCK_BENCH_BASELINE (another xlock binary, measured beside this one
+//! as "xlock (baseline)": a before/after comparison in one run).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,7 +50,7 @@ macro_rules! say {
     ($($arg:tt)*) => {{
         let line = format!($($arg)*);
         println!("{line}");
-        let mut report = REPORT.lock().unwrap();
+        let mut report = crate::REPORT.lock().unwrap();
         report.push_str(&line);
         report.push('\n');
     }};
@@ -199,6 +211,31 @@ fn build_rss(dir: &Path) -> PathBuf {
     compile_c(&source, true, "its RSS helper")
 }
 
+/// The floor's name in the tables.
+const FLOOR: &str = "floor (C, open+flock+vfork/exec+wait)";
+
+/// benches/floor.c, compiled static into the work directory.
+fn build_floor(dir: &Path) -> PathBuf {
+    let source = dir.join("floor.c");
+    fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/floor.c"),
+        &source,
+    )
+    .unwrap();
+    let binary = source.with_extension("");
+    let built = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        built,
+        "the benchmark needs gcc and a static C library (Debian: libc6-dev) for benches/floor.c"
+    );
+    binary
+}
+
 /// xlock linked dynamically (as without .cargo/config.toml), built into target/dynamic.
 fn build_dynamic_xlock() -> Option<PathBuf> {
     let rustc = Command::new("rustc").arg("-vV").output().ok()?;
@@ -231,13 +268,62 @@ fn read_stamp(path: &Path) -> Option<i128> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// What every section gets: the lock tools present, and the helpers built for the run.
+struct Bench {
+    dir: PathBuf,
+    tools: Vec<Tool>,
+    /// The timestamp helper (section 2, 3).
+    stamp: String,
+    /// xlock's median hand-off, once section 2 has run (section 3's target).
+    handoff_median: std::cell::Cell<Option<f64>>,
+}
+
+/// The sections that `XLOCK_BENCH` asks for (all when unset).
+struct Sections(Option<Vec<String>>);
+
+impl Sections {
+    const ALL: [&'static str; 5] = ["uncontended", "handoff", "takeover", "throughput", "rss"];
+
+    fn from_env() -> Sections {
+        let chosen = std::env::var("XLOCK_BENCH").ok().filter(|v| !v.is_empty());
+        Sections(chosen.map(|list| {
+            let names: Vec<String> = list.split(',').map(|n| n.trim().to_owned()).collect();
+            for name in &names {
+                assert!(
+                    Self::ALL.contains(&name.as_str()),
+                    "XLOCK_BENCH: no section {name:?}; the sections are {}",
+                    Self::ALL.join(", ")
+                );
+            }
+            names
+        }))
+    }
+
+    /// Every section runs (so the figures go to docs/benchmarks.md).
+    fn all(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Runs `section` if it was asked for.
+    fn run(&self, name: &str, section: impl FnOnce()) {
+        if self.0.as_ref().is_none_or(|names| names.iter().any(|n| n == name)) {
+            section();
+        }
+    }
+}
+
+#[path = "compare/throughput.rs"]
+mod throughput;
+use throughput::throughput;
+
 fn main() {
     // `cargo bench` passes --bench; nothing to parse.
+    let sections = Sections::from_env();
     let dir = work_dir();
     let stamp = build_stamp(&dir);
-    let stamp_s = stamp.to_str().unwrap().to_owned();
     let xlock = env!("CARGO_BIN_EXE_xlock");
-    let dynamic_xlock = build_dynamic_xlock();
+    let dynamic_xlock = if sections.all() { build_dynamic_xlock() } else { None };
+    let floor = build_floor(&dir);
 
     // `-w 5`: an option on the line, which the plain form does not have (SPEC §7's
     // targets hold with any option, not only for `xlock LOCK COMMAND`).
@@ -247,6 +333,9 @@ fn main() {
     ];
     if let Some(path) = &dynamic_xlock {
         tools.push(Tool::new("xlock (dynamic)", &[path.to_str().unwrap()], true));
+    }
+    if let Ok(baseline) = std::env::var("XLOCK_BENCH_BASELINE") {
+        tools.push(Tool::new("xlock (baseline)", &[&baseline], true));
     }
     tools.extend([
         Tool::new("flock(1)", &["flock"], true).packaged_in("util-linux"),
@@ -265,6 +354,7 @@ fn main() {
             fork_and_wait: true,
             package: Some("procmail"),
         },
+        Tool::new(FLOOR, &[floor.to_str().unwrap()], true),
     ]);
     let (present, missing): (Vec<Tool>, Vec<Tool>) = tools.into_iter().partition(Tool::installed);
 
@@ -300,7 +390,8 @@ fn main() {
             say!("- {}: {}", tool.name, tool.version());
         }
     }
-    if dynamic_xlock.is_none() {
+    say!("- {FLOOR}: benches/floor.c, {}", first_line("cc", &["--version"]));
+    if dynamic_xlock.is_none() && sections.all() {
         say!("- xlock (dynamic): skipped, the dynamic build failed");
     }
     for tool in &missing {
@@ -310,11 +401,17 @@ fn main() {
     say!("- Load average when the run began: {load_before}");
     say!();
 
-    uncontended(&dir, &present);
-    let handoff_median = handoff(&dir, &present, &stamp_s);
-    takeover(&dir, &present, &stamp_s, handoff_median);
-    throughput(&dir, &present);
-    peak_rss(&dir, &present, &build_rss(&dir));
+    let bench = Bench {
+        dir,
+        tools: present,
+        stamp: stamp.to_str().unwrap().to_owned(),
+        handoff_median: std::cell::Cell::new(None),
+    };
+    sections.run("uncontended", || uncontended(&bench));
+    sections.run("handoff", || bench.handoff_median.set(Some(handoff(&bench))));
+    sections.run("takeover", || takeover(&bench));
+    sections.run("throughput", || throughput(&bench));
+    sections.run("rss", || peak_rss(&bench, &build_rss(&bench.dir)));
 
     let load_after = load_average();
     say!(
@@ -333,9 +430,13 @@ fn main() {
              is wider than on an idle machine."
         );
     }
-    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    fs::write(&docs, REPORT.lock().unwrap().as_bytes()).unwrap();
-    println!("(written to {})", docs.display());
+    if sections.all() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+        fs::write(&docs, REPORT.lock().unwrap().as_bytes()).unwrap();
+        println!("(written to {})", docs.display());
+    } else {
+        println!("(only some sections ran: docs/benchmarks.md left as it was)");
+    }
 }
 
 /// The 1, 5 and 15 minute load averages, as /proc/loadavg shows them.
@@ -367,7 +468,8 @@ fn git_revision() -> String {
 }
 
 /// Section 1: Uncontended `TOOL LOCK true`, interleaved round by round.
-fn uncontended(dir: &Path, tools: &[Tool]) {
+fn uncontended(bench: &Bench) {
+    let (dir, tools) = (&bench.dir, &bench.tools);
     let rounds = setting("XLOCK_BENCH_ROUNDS", 300);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tools.len() + 1];
     for round in 0..rounds {
@@ -394,7 +496,9 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
         let m = median(i, &mut samples);
         let p95 = percentile(&mut samples[i], 0.95);
         let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", m / b));
-        let kind = if tool.fork_and_wait {
+        let kind = if tool.name == FLOOR {
+            "floor: no record, no checks"
+        } else if tool.fork_and_wait {
             "fork and wait"
         } else {
             "exec (cannot release)"
@@ -406,17 +510,25 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
             ratio(lckdo)
         );
     }
-    let m = median(tools.len(), &mut samples);
+    let plain = median(tools.len(), &mut samples);
     say!(
-        "| plain `true` | floor | {m:.2} | {:.2} | - | - |",
+        "| plain `true` | floor | {plain:.2} | {:.2} | - | - |",
         percentile(&mut samples[tools.len()], 0.95)
     );
+    say!();
+    // SPEC §7: xlock's overhead over plain `true` should approach the floor's.
+    let overhead: Vec<String> = ["xlock", FLOOR, "flock(1)"]
+        .iter()
+        .filter_map(|&name| Some(format!("{name} {:.2} ms", median(index(name)?, &mut samples) - plain)))
+        .collect();
+    say!("Overhead over plain `true` (medians): {}.", overhead.join(", "));
     say!();
 }
 
 /// Section 2: Hand-off latency for the fork-and-wait tools that block on a kernel lock.
 /// Returns xlock's median, in ms.
-fn handoff(dir: &Path, tools: &[Tool], stamp: &str) -> f64 {
+fn handoff(bench: &Bench) -> f64 {
+    let (dir, tools, stamp) = (&bench.dir, &bench.tools, &bench.stamp);
     let n = setting("XLOCK_BENCH_HANDOFFS", 100);
     let chosen: Vec<&Tool> = tools
         .iter()
@@ -463,7 +575,8 @@ fn handoff(dir: &Path, tools: &[Tool], stamp: &str) -> f64 {
 }
 
 /// Section 3: Take-over: the holder's wrapper is SIGKILLed while a waiter waits.
-fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
+fn takeover(bench: &Bench) {
+    let (dir, tools, stamp) = (&bench.dir, &bench.tools, &bench.stamp);
     let mut rows: Vec<(String, Tool, usize, &str)> = Vec::new();
     for tool in tools {
         match tool.name {
@@ -493,7 +606,14 @@ fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
     }
     say!("## 3. Take-over: holder's wrapper SIGKILLed -> waiter's command starts");
     say!();
-    say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({handoff_median:.2} ms) + 1 ms.");
+    match bench.handoff_median.get() {
+        Some(median) => {
+            say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({median:.2} ms) + 1 ms.")
+        }
+        None => {
+            say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off (section 2, not run) + 1 ms.")
+        }
+    }
     say!();
     say!("| tool | runs | median ms | p95 ms | how the lock comes free |");
     say!("|---|---|---|---|---|");
@@ -564,64 +684,9 @@ fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
     say!();
 }
 
-/// Section 4: Throughput: 4 processes x 200 runs each on one lock.
-fn throughput(dir: &Path, tools: &[Tool]) {
-    let (procs, runs) = (4, 200);
-    let rounds = setting("XLOCK_BENCH_THROUGHPUT_ROUNDS", 3);
-    let cap = Duration::from_secs(60);
-    say!("## 4. Throughput: {procs} processes x {runs} runs of `TOOL LOCK true` on one lock");
-    say!();
-    say!("{rounds} rounds, the tools interleaved; a tool that needs over 10 s runs once.");
-    say!();
-    // Per tool: runs/s of each round, and whether it finished within the cap.
-    let mut results: Vec<(Vec<f64>, bool)> = vec![(Vec::new(), true); tools.len()];
-    for round in 0..rounds {
-        for (i, tool) in tools.iter().enumerate() {
-            let (rates, complete) = &mut results[i];
-            if round > 0 && rates.first().is_some_and(|&rate| (procs * runs) as f64 / rate > 10.0) {
-                continue;
-            }
-            let lock = dir.join(format!("throughput.{i}.lock"));
-            let started = Instant::now();
-            let workers: Vec<_> = (0..procs)
-                .map(|_| {
-                    let (tool, lock) = (tool.clone(), lock.clone());
-                    thread::spawn(move || {
-                        let mut done = 0;
-                        for _ in 0..runs {
-                            if started.elapsed() > cap {
-                                break;
-                            }
-                            if tool.run(&lock, &["true"]).wait().unwrap().success() {
-                                done += 1;
-                            }
-                        }
-                        done
-                    })
-                })
-                .collect();
-            let done: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-            rates.push(done as f64 / started.elapsed().as_secs_f64());
-            *complete &= done == procs * runs;
-        }
-    }
-    say!("| tool | median runs/s | each round |");
-    say!("|---|---|---|");
-    for (tool, (rates, complete)) in tools.iter().zip(&results) {
-        let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-        let note = if *complete {
-            String::new()
-        } else {
-            format!(" (not all {} runs within {} s)", procs * runs, cap.as_secs())
-        };
-        let median = percentile(&mut rates.clone(), 0.5);
-        say!("| {} | {median:.0}{note} | {} |", tool.name, each.join(", "));
-    }
-    say!();
-}
-
 /// Section 5: Peak RSS of the wrapper process, from wait4 in a small C parent.
-fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
+fn peak_rss(bench: &Bench, rss: &Path) {
+    let (dir, tools) = (&bench.dir, &bench.tools);
     say!("## 5. Peak RSS of the wrapper running `true` (max of 20 runs, wait4 from a small C parent)");
     say!();
     let floor = Command::new(rss).arg("true").output().unwrap();
