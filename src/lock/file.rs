@@ -4,7 +4,8 @@
 //! A would-be holder prepares a private file carrying its record and both kernel
 //! locks ([`Candidate`]), then `link()`s it to LOCK. A waiter blocks on the holder's
 //! kernel locks ([`wait_out`]), so it wakes the moment the holder releases or dies (no
-//! polling). A dead holder's file is replaced with `rename()` by the one waiter that
+//! polling); the waiter that wins a released file's lock keeps it until it holds the
+//! lock ([`Queue`]), so at a hand-off only the next waiter wakes. A dead holder's file is replaced with `rename()` by the one waiter that
 //! holds its locks; without kernel locks, by the one waiter whose claim succeeds
 //! ([`claim_stale`]). Finally the lock is verified in place ([`Held`]).
 
@@ -104,6 +105,7 @@ fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acq
                 }
                 continue;
             }
+            Outcome::Requeue => continue,
             Outcome::Stale(why) => why,
             Outcome::TimedOut => return Ok(Outcome::TimedOut.into_acquired(&theirs, lock)),
             Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
@@ -150,7 +152,9 @@ fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acq
 /// the acquire, on every way out) keeps the others asleep in the kernel; we then
 /// queue on the new holder's file with it in hand. A waiter only ever blocks on the
 /// file at LOCK, newer than every file it holds, so no two waiters can wait for each
-/// other; one that dies lets go as it exits, and the next one behind it wakes.
+/// other; one that dies lets go as it exits, and the next one behind it wakes; one
+/// that is stopped is found so by those behind it within a second
+/// ([`TheirFile::behind_a_stopped_waiter`]), and they go round it.
 #[derive(Default)]
 struct Queue(Vec<TheirFile>);
 

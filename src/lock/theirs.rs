@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use nix::libc;
 
+use super::kernel::flock_holder;
 use super::path::{id_of, is_at, FileId, LockPath};
 use super::{Processes, Request};
 use crate::error::cannot;
@@ -69,6 +70,9 @@ impl TheirFile {
     /// holds LOCK now, as this file may have been released while we sleep queued on it
     /// (docs/design.md, "Hand-offs").
     pub(super) fn report_current(&self, req: &Request<'_>, lock: &Path) {
+        if req.report.tick().is_none() {
+            return; // no notice to keep current
+        }
         match self.successor(lock) {
             Successor::Other(now) => now.report_waiting(req),
             Successor::Same | Successor::Nobody => self.report_waiting(req),
@@ -86,6 +90,17 @@ impl TheirFile {
             Ok(Found::Vanished) => Successor::Nobody,
             Ok(Found::Foreign(_)) | Err(_) => Successor::Same,
         }
+    }
+
+    /// Whether we are queued on this file, released, behind a stopped process (SIGSTOP,
+    /// Ctrl-Z, a debugger) that holds its process lock: a waiter keeps a released
+    /// file's lock until it holds the lock itself, and a stopped one would hold up
+    /// the waiters behind it (flock(1)'s kernel queue skips a stopped waiter).
+    pub(super) fn behind_a_stopped_waiter(&self, lock: &Path) -> bool {
+        if self.at(lock).unwrap_or(true) {
+            return false;
+        }
+        flock_holder(self.file_id).is_some_and(|pid| matches!(liveness::proc_stat(pid), Ok(Some((_, 'T' | 't')))))
     }
 
     pub(super) fn same_file(&self, id: &FileId) -> bool {

@@ -23,8 +23,12 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// How waiting on one holder's file ended.
 pub(super) enum Outcome {
-    /// The file left LOCK: released (or taken over by another).
+    /// The file left LOCK: released (or taken over by another). With kernel locks, we
+    /// hold its process lock.
     Left,
+    /// Queued on a released file behind a stopped waiter: wait on the file at LOCK
+    /// instead (we do not hold this one's lock).
+    Requeue,
     /// Its holder is gone: take it over.
     Stale(Stale),
     TimedOut,
@@ -63,6 +67,10 @@ pub(super) fn wait_out(
                 Waited::Got(w) => *waited |= w,
                 Waited::TimedOut => return Ok(Outcome::TimedOut),
                 Waited::Interrupted(signal) => return Ok(Outcome::Interrupted(signal)),
+                Waited::Stuck => {
+                    *waited = true;
+                    return Ok(Outcome::Requeue);
+                }
             }
             // Free and still at LOCK: its xlock died, so wait for its command's tree.
             if !still_at_lock()? {

@@ -26,6 +26,16 @@ fn a_hand_off_wakes_the_next_waiter_and_the_rest_sleep_on_named_temp() {
 }
 
 #[test]
+fn a_stopped_queued_waiter_holds_up_nobody_unnamed_tmpfile() {
+    a_stopped_queued_waiter_holds_up_nobody(Mode::Unnamed);
+}
+
+#[test]
+fn a_stopped_queued_waiter_holds_up_nobody_named_temp() {
+    a_stopped_queued_waiter_holds_up_nobody(Mode::Named);
+}
+
+#[test]
 fn a_killed_queued_waiter_and_a_killed_holder_stall_nobody_unnamed_tmpfile() {
     a_killed_queued_waiter_and_a_killed_holder_stall_nobody(Mode::Unnamed);
 }
@@ -93,6 +103,21 @@ fn next_holder(waiters: &[Running], lock: &Path, previous: Option<usize>) -> usi
     found.unwrap()
 }
 
+fn pids_of(waiters: &[Running]) -> Vec<i32> {
+    waiters.iter().map(|w| w.child.id() as i32).collect()
+}
+
+/// The index in `pids` (but not in `except`) of a process that waits on the file with
+/// inode `ino`, once one does.
+fn queued_on(pids: &[i32], ino: u64, except: &[usize]) -> usize {
+    let mut found = None;
+    wait_until(Duration::from_secs(10), "a waiter queues on the holder's file", || {
+        found = (0..pids.len()).find(|i| !except.contains(i) && waits_on(pids[*i], ino));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
 /// At a release, one waiter takes the lock; the next one wakes, finds the released
 /// file, and queues on the new holder's file with the released file's flock in hand;
 /// every other waiter sleeps on, still queued on the released file. (Before, each
@@ -131,7 +156,7 @@ fn a_hand_off_wakes_the_next_waiter_and_the_rest_sleep_on(t: Mode) {
     );
     for &pid in others.iter().filter(|&&pid| pid != next) {
         assert!(
-            waits_on(pid, released_ino) && !has_open(pid, holders_ino),
+            has_open(pid, released_ino) && !has_open(pid, holders_ino),
             "waiter {pid} woke at a hand-off that was not its turn"
         );
     }
@@ -171,15 +196,8 @@ fn a_killed_queued_waiter_and_a_killed_holder_stall_nobody(t: Mode) {
     let first = next_holder(&waiters, &lock, None);
     assert_eq!(waiters[first].line(), "started");
     let (_, holders_ino) = file_key(&lock);
-    let pids: Vec<i32> = waiters.iter().map(|w| w.child.id() as i32).collect();
-    let queued_on = |ino: u64, except: &[usize]| {
-        let mut found = None;
-        wait_until(Duration::from_secs(10), "a waiter queues on the holder's file", || {
-            found = (0..pids.len()).find(|i| !except.contains(i) && waits_on(pids[*i], ino));
-            found.is_some()
-        });
-        found.unwrap()
-    };
+    let pids = pids_of(&waiters);
+    let queued_on = |ino: u64, except: &[usize]| queued_on(&pids, ino, except);
     let head = queued_on(holders_ino, &[first]);
     assert_eq!(flock_holders(&released), [pids[head]]);
 
@@ -209,6 +227,50 @@ fn a_killed_queued_waiter_and_a_killed_holder_stall_nobody(t: Mode) {
         takeovers += stderr.matches("took over stale").count();
     }
     assert_eq!(takeovers, 1, "exactly one waiter takes the killed holder's lock over");
+    assert_eq!(
+        sandbox.entries(),
+        Vec::<String>::new(),
+        "LOCK or a temp file was left behind"
+    );
+}
+
+/// The waiter that holds a released file's flock (queued on the holder's file) is
+/// stopped, as Ctrl-Z or a debugger would: the one queued behind it does not wait for
+/// it (the check every second finds it stopped) and takes the lock when the holder
+/// releases it; the stopped one gets it once continued.
+fn a_stopped_queued_waiter_holds_up_nobody(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let mut holder = t.hold(&[], &lock, "read _; exit 0");
+    let (released, _) = file_key(&lock);
+    let mut waiters = queue_waiters(t, &lock, 3, &[]);
+    holder.release();
+    assert!(holder.wait().success());
+
+    let first = next_holder(&waiters, &lock, None);
+    assert_eq!(waiters[first].line(), "started");
+    let (_, holders_ino) = file_key(&lock);
+    let pids = pids_of(&waiters);
+    let head = queued_on(&pids, holders_ino, &[first]);
+    assert_eq!(flock_holders(&released), [pids[head]]);
+    let last = (0..pids.len()).find(|i| ![first, head].contains(i)).unwrap();
+
+    waiters[head].kill(Signal::SIGSTOP);
+    waiters[first].release();
+    assert!(waiters[first].wait().success());
+    assert_eq!(
+        next_holder(&waiters, &lock, Some(first)),
+        last,
+        "the waiter behind a stopped one must get the free lock"
+    );
+    assert_eq!(waiters[last].line(), "started");
+    waiters[last].release();
+    assert!(waiters[last].wait().success());
+    waiters[head].kill(Signal::SIGCONT);
+    assert_eq!(next_holder(&waiters, &lock, Some(last)), head);
+    assert_eq!(waiters[head].line(), "started");
+    waiters[head].release();
+    assert!(waiters[head].wait().success());
     assert_eq!(
         sandbox.entries(),
         Vec::<String>::new(),
