@@ -278,42 +278,11 @@ struct Bench {
     handoff_median: std::cell::Cell<Option<f64>>,
 }
 
-/// The sections that `XLOCK_BENCH` asks for (all when unset).
-struct Sections(Option<Vec<String>>);
-
-impl Sections {
-    const ALL: [&'static str; 5] = ["uncontended", "handoff", "takeover", "throughput", "rss"];
-
-    fn from_env() -> Sections {
-        let chosen = std::env::var("XLOCK_BENCH").ok().filter(|v| !v.is_empty());
-        Sections(chosen.map(|list| {
-            let names: Vec<String> = list.split(',').map(|n| n.trim().to_owned()).collect();
-            for name in &names {
-                assert!(
-                    Self::ALL.contains(&name.as_str()),
-                    "XLOCK_BENCH: no section {name:?}; the sections are {}",
-                    Self::ALL.join(", ")
-                );
-            }
-            names
-        }))
-    }
-
-    /// Every section runs (so the figures go to docs/benchmarks.md).
-    fn all(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// Runs `section` if it was asked for.
-    fn run(&self, name: &str, section: impl FnOnce()) {
-        if self.0.as_ref().is_none_or(|names| names.iter().any(|n| n == name)) {
-            section();
-        }
-    }
-}
-
+#[path = "compare/sections.rs"]
+mod sections;
 #[path = "compare/throughput.rs"]
 mod throughput;
+use sections::Sections;
 use throughput::throughput;
 
 fn main() {
