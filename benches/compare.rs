@@ -21,7 +21,7 @@
 //! comma-separated list of `uncontended`, `handoff`, `takeover`, `throughput`, `rss`)
 //! runs only those sections and only prints them: the machine may be shared, and a
 //! full run takes minutes. A section is a function taking the [`Bench`], called once
-//! from `main` through [`Sections::run`].
+//! from `main` through [`Sections::run`] (benches/compare/sections.rs).
 //!
 //! xlock is measured as `cargo build --release` makes it (statically linked on
 //! linux-gnu, by .cargo/config.toml) and, for comparison, dynamically linked
@@ -381,6 +381,7 @@ fn main() {
     sections.run("takeover", || takeover(&bench));
     sections.run("throughput", || throughput(&bench));
     sections.run("rss", || peak_rss(&bench, &build_rss(&bench.dir)));
+    sections.check_names();
 
     let load_after = load_average();
     say!(
