@@ -7,22 +7,37 @@
 //! 2. hand-off: holder's command ends -> waiter's command starts, stamped by the
 //!    commands themselves (a tiny C program reading CLOCK_REALTIME);
 //! 3. take-over: holder's wrapper SIGKILLed -> waiter's command starts;
-//! 4. throughput: 4 processes x 200 runs on one lock;
+//! 4. throughput: M processes (M = 1, 4, 16, 64), each running `TOOL LOCK true` in a
+//!    loop, as ratios to flock(1) in the same run, with the CPU time per run;
 //! 5. peak RSS of the wrapper process (wait4's rusage);
-//! 6. shared locks and slots next to the exclusive lock: uncontended and hand-off;
+//! 6. shared locks and slots next to the exclusive lock: uncontended and hand-off
+//!    (benches/compare/shared.rs);
 //! 7. etcd (SPEC §10): lock -> `true` -> unlock on one local etcd, xlock against
-//!    `etcdctl lock`, interleaved (skipped if etcd or etcdctl is not installed).
+//!    `etcdctl lock`, interleaved (skipped if etcd or etcdctl is not installed;
+//!    benches/compare/etcd.rs).
 //!
-//! Every run writes its figures to docs/benchmarks.md (and prints them), with the
+//! Beside the peers runs the physical floor (SPEC §7): benches/floor.c, a static C
+//! program that only opens LOCK, flocks it, vforks and execs the command and waits
+//! (no record, no checks), compiled here with `gcc -O2 -static`.
+//!
+//! A full run writes its figures to docs/benchmarks.md (and prints them), with the
 //! date, the machine, the tool versions and the load average; the README only
-//! summarises the targets and points there.
+//! summarises the targets and points there. `XLOCK_BENCH=throughput` (a
+//! comma-separated list of `uncontended`, `handoff`, `takeover`, `throughput`, `rss`)
+//! runs only those sections and only prints them: the machine may be shared, and a
+//! full run takes minutes. A section is a function taking the [`Bench`], called once
+//! from `main` through [`Sections::run`] (benches/compare/sections.rs).
 //!
 //! xlock is measured as `cargo build --release` makes it (statically linked on
 //! linux-gnu, by .cargo/config.toml) and, for comparison, dynamically linked
 //! (`-C target-feature=-crt-static`, built here into target/dynamic). A peer that is
 //! not installed is listed as skipped. Settings: XLOCK_BENCH_ROUNDS (uncontended
 //! rounds, default 300), XLOCK_BENCH_HANDOFFS (default 100),
-//! XLOCK_BENCH_THROUGHPUT_ROUNDS (default 3), XLOCK_BENCH_ETCD_ROUNDS (default 50).
+//! XLOCK_BENCH_THROUGHPUT_ROUNDS (default 3), XLOCK_BENCH_THROUGHPUT_RUNS (runs per M,
+//! shared among the M processes, default 800), XLOCK_BENCH_THROUGHPUT_M (default
+//! `1,4,16,64`), XLOCK_BENCH_ETCD_ROUNDS (default 50), XLOCK_BENCH_BASELINE (another
+//! xlock binary, measured beside this one as "xlock (baseline)": a before/after
+//! comparison in one run).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,7 +56,7 @@ macro_rules! say {
     ($($arg:tt)*) => {{
         let line = format!($($arg)*);
         println!("{line}");
-        let mut report = REPORT.lock().unwrap();
+        let mut report = crate::REPORT.lock().unwrap();
         report.push_str(&line);
         report.push('\n');
     }};
@@ -202,6 +217,31 @@ fn build_rss(dir: &Path) -> PathBuf {
     compile_c(&source, true, "its RSS helper")
 }
 
+/// The floor's name in the tables.
+const FLOOR: &str = "floor (C, open+flock+vfork/exec+wait)";
+
+/// benches/floor.c, compiled static into the work directory.
+fn build_floor(dir: &Path) -> PathBuf {
+    let source = dir.join("floor.c");
+    fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/floor.c"),
+        &source,
+    )
+    .unwrap();
+    let binary = source.with_extension("");
+    let built = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        built,
+        "the benchmark needs gcc and a static C library (Debian: libc6-dev) for benches/floor.c"
+    );
+    binary
+}
+
 /// xlock linked dynamically (as without .cargo/config.toml), built into target/dynamic.
 fn build_dynamic_xlock() -> Option<PathBuf> {
     let rustc = Command::new("rustc").arg("-vV").output().ok()?;
@@ -234,13 +274,37 @@ fn read_stamp(path: &Path) -> Option<i128> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// What every section gets: the lock tools present, and the helpers built for the run.
+struct Bench {
+    dir: PathBuf,
+    tools: Vec<Tool>,
+    /// The timestamp helper (section 2, 3).
+    stamp: String,
+    /// xlock's median hand-off, once section 2 has run (section 3's target).
+    handoff_median: std::cell::Cell<Option<f64>>,
+}
+
+#[path = "compare/etcd.rs"]
+mod etcd;
+#[path = "compare/sections.rs"]
+mod sections;
+#[path = "compare/shared.rs"]
+mod shared;
+#[path = "compare/throughput.rs"]
+mod throughput;
+use etcd::etcd_round_trip;
+use sections::Sections;
+use shared::shared_and_slots;
+use throughput::throughput;
+
 fn main() {
     // `cargo bench` passes --bench; nothing to parse.
+    let sections = Sections::from_env();
     let dir = work_dir();
     let stamp = build_stamp(&dir);
-    let stamp_s = stamp.to_str().unwrap().to_owned();
     let xlock = env!("CARGO_BIN_EXE_xlock");
-    let dynamic_xlock = build_dynamic_xlock();
+    let dynamic_xlock = if sections.all() { build_dynamic_xlock() } else { None };
+    let floor = build_floor(&dir);
 
     // `-w 5`: an option on the line, which the plain form does not have (SPEC §7's
     // targets hold with any option, not only for `xlock LOCK COMMAND`).
@@ -250,6 +314,9 @@ fn main() {
     ];
     if let Some(path) = &dynamic_xlock {
         tools.push(Tool::new("xlock (dynamic)", &[path.to_str().unwrap()], true));
+    }
+    if let Ok(baseline) = std::env::var("XLOCK_BENCH_BASELINE") {
+        tools.push(Tool::new("xlock (baseline)", &[&baseline], true));
     }
     tools.extend([
         Tool::new("flock(1)", &["flock"], true).packaged_in("util-linux"),
@@ -268,6 +335,7 @@ fn main() {
             fork_and_wait: true,
             package: Some("procmail"),
         },
+        Tool::new(FLOOR, &[floor.to_str().unwrap()], true),
     ]);
     let (present, missing): (Vec<Tool>, Vec<Tool>) = tools.into_iter().partition(Tool::installed);
 
@@ -303,7 +371,8 @@ fn main() {
             say!("- {}: {}", tool.name, tool.version());
         }
     }
-    if dynamic_xlock.is_none() {
+    say!("- {FLOOR}: benches/floor.c, {}", first_line("cc", &["--version"]));
+    if dynamic_xlock.is_none() && sections.all() {
         say!("- xlock (dynamic): skipped, the dynamic build failed");
     }
     for tool in &missing {
@@ -313,13 +382,20 @@ fn main() {
     say!("- Load average when the run began: {load_before}");
     say!();
 
-    uncontended(&dir, &present);
-    let handoff_median = handoff(&dir, &present, &stamp_s);
-    takeover(&dir, &present, &stamp_s, handoff_median);
-    throughput(&dir, &present);
-    peak_rss(&dir, &present, &build_rss(&dir));
-    shared_and_slots(&dir, xlock, &stamp_s);
-    etcd_round_trip(&dir);
+    let bench = Bench {
+        dir,
+        tools: present,
+        stamp: stamp.to_str().unwrap().to_owned(),
+        handoff_median: std::cell::Cell::new(None),
+    };
+    sections.run("uncontended", || uncontended(&bench));
+    sections.run("handoff", || bench.handoff_median.set(Some(handoff(&bench))));
+    sections.run("takeover", || takeover(&bench));
+    sections.run("throughput", || throughput(&bench));
+    sections.run("rss", || peak_rss(&bench, &build_rss(&bench.dir)));
+    sections.run("shared", || shared_and_slots(&bench.dir, xlock, &bench.stamp));
+    sections.run("etcd", || etcd_round_trip(&bench.dir));
+    sections.check_names();
 
     let load_after = load_average();
     say!(
@@ -338,9 +414,13 @@ fn main() {
              is wider than on an idle machine."
         );
     }
-    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    fs::write(&docs, REPORT.lock().unwrap().as_bytes()).unwrap();
-    println!("(written to {})", docs.display());
+    if sections.all() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
+        fs::write(&docs, REPORT.lock().unwrap().as_bytes()).unwrap();
+        println!("(written to {})", docs.display());
+    } else {
+        println!("(only some sections ran: docs/benchmarks.md left as it was)");
+    }
 }
 
 /// The 1, 5 and 15 minute load averages, as /proc/loadavg shows them.
@@ -372,7 +452,8 @@ fn git_revision() -> String {
 }
 
 /// Section 1: Uncontended `TOOL LOCK true`, interleaved round by round.
-fn uncontended(dir: &Path, tools: &[Tool]) {
+fn uncontended(bench: &Bench) {
+    let (dir, tools) = (&bench.dir, &bench.tools);
     let rounds = setting("XLOCK_BENCH_ROUNDS", 300);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tools.len() + 1];
     for round in 0..rounds {
@@ -399,7 +480,9 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
         let m = median(i, &mut samples);
         let p95 = percentile(&mut samples[i], 0.95);
         let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", m / b));
-        let kind = if tool.fork_and_wait {
+        let kind = if tool.name == FLOOR {
+            "floor: no record, no checks"
+        } else if tool.fork_and_wait {
             "fork and wait"
         } else {
             "exec (cannot release)"
@@ -411,17 +494,25 @@ fn uncontended(dir: &Path, tools: &[Tool]) {
             ratio(lckdo)
         );
     }
-    let m = median(tools.len(), &mut samples);
+    let plain = median(tools.len(), &mut samples);
     say!(
-        "| plain `true` | floor | {m:.2} | {:.2} | - | - |",
+        "| plain `true` | floor | {plain:.2} | {:.2} | - | - |",
         percentile(&mut samples[tools.len()], 0.95)
     );
+    say!();
+    // SPEC §7: xlock's overhead over plain `true` should approach the floor's.
+    let overhead: Vec<String> = ["xlock", FLOOR, "flock(1)"]
+        .iter()
+        .filter_map(|&name| Some(format!("{name} {:.2} ms", median(index(name)?, &mut samples) - plain)))
+        .collect();
+    say!("Overhead over plain `true` (medians): {}.", overhead.join(", "));
     say!();
 }
 
 /// Section 2: Hand-off latency for the fork-and-wait tools that block on a kernel lock.
 /// Returns xlock's median, in ms.
-fn handoff(dir: &Path, tools: &[Tool], stamp: &str) -> f64 {
+fn handoff(bench: &Bench) -> f64 {
+    let (dir, tools, stamp) = (&bench.dir, &bench.tools, &bench.stamp);
     let n = setting("XLOCK_BENCH_HANDOFFS", 100);
     let chosen: Vec<&Tool> = tools
         .iter()
@@ -468,7 +559,8 @@ fn handoff(dir: &Path, tools: &[Tool], stamp: &str) -> f64 {
 }
 
 /// Section 3: Take-over: the holder's wrapper is SIGKILLed while a waiter waits.
-fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
+fn takeover(bench: &Bench) {
+    let (dir, tools, stamp) = (&bench.dir, &bench.tools, &bench.stamp);
     let mut rows: Vec<(String, Tool, usize, &str)> = Vec::new();
     for tool in tools {
         match tool.name {
@@ -498,7 +590,14 @@ fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
     }
     say!("## 3. Take-over: holder's wrapper SIGKILLed -> waiter's command starts");
     say!();
-    say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({handoff_median:.2} ms) + 1 ms.");
+    match bench.handoff_median.get() {
+        Some(median) => {
+            say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off ({median:.2} ms) + 1 ms.")
+        }
+        None => {
+            say!("The holder's command is `sleep 3`. xlock's target: at most a hand-off (section 2, not run) + 1 ms.")
+        }
+    }
     say!();
     say!("| tool | runs | median ms | p95 ms | how the lock comes free |");
     say!("|---|---|---|---|---|");
@@ -569,64 +668,9 @@ fn takeover(dir: &Path, tools: &[Tool], stamp: &str, handoff_median: f64) {
     say!();
 }
 
-/// Section 4: Throughput: 4 processes x 200 runs each on one lock.
-fn throughput(dir: &Path, tools: &[Tool]) {
-    let (procs, runs) = (4, 200);
-    let rounds = setting("XLOCK_BENCH_THROUGHPUT_ROUNDS", 3);
-    let cap = Duration::from_secs(60);
-    say!("## 4. Throughput: {procs} processes x {runs} runs of `TOOL LOCK true` on one lock");
-    say!();
-    say!("{rounds} rounds, the tools interleaved; a tool that needs over 10 s runs once.");
-    say!();
-    // Per tool: runs/s of each round, and whether it finished within the cap.
-    let mut results: Vec<(Vec<f64>, bool)> = vec![(Vec::new(), true); tools.len()];
-    for round in 0..rounds {
-        for (i, tool) in tools.iter().enumerate() {
-            let (rates, complete) = &mut results[i];
-            if round > 0 && rates.first().is_some_and(|&rate| (procs * runs) as f64 / rate > 10.0) {
-                continue;
-            }
-            let lock = dir.join(format!("throughput.{i}.lock"));
-            let started = Instant::now();
-            let workers: Vec<_> = (0..procs)
-                .map(|_| {
-                    let (tool, lock) = (tool.clone(), lock.clone());
-                    thread::spawn(move || {
-                        let mut done = 0;
-                        for _ in 0..runs {
-                            if started.elapsed() > cap {
-                                break;
-                            }
-                            if tool.run(&lock, &["true"]).wait().unwrap().success() {
-                                done += 1;
-                            }
-                        }
-                        done
-                    })
-                })
-                .collect();
-            let done: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-            rates.push(done as f64 / started.elapsed().as_secs_f64());
-            *complete &= done == procs * runs;
-        }
-    }
-    say!("| tool | median runs/s | each round |");
-    say!("|---|---|---|");
-    for (tool, (rates, complete)) in tools.iter().zip(&results) {
-        let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-        let note = if *complete {
-            String::new()
-        } else {
-            format!(" (not all {} runs within {} s)", procs * runs, cap.as_secs())
-        };
-        let median = percentile(&mut rates.clone(), 0.5);
-        say!("| {} | {median:.0}{note} | {} |", tool.name, each.join(", "));
-    }
-    say!();
-}
-
 /// Section 5: Peak RSS of the wrapper process, from wait4 in a small C parent.
-fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
+fn peak_rss(bench: &Bench, rss: &Path) {
+    let (dir, tools) = (&bench.dir, &bench.tools);
     say!("## 5. Peak RSS of the wrapper running `true` (max of 20 runs, wait4 from a small C parent)");
     say!();
     let floor = Command::new(rss).arg("true").output().unwrap();
@@ -651,209 +695,6 @@ fn peak_rss(dir: &Path, tools: &[Tool], rss: &Path) {
             peak = peak.max(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0));
         }
         say!("| {} | {peak} |", tool.name);
-    }
-    say!();
-}
-
-/// Section 6 (SPEC §7, §9): `--shared` and `--slots 2` next to the exclusive lock,
-/// uncontended and at a hand-off, interleaved; the target is within 1.1x.
-fn shared_and_slots(dir: &Path, xlock: &str, stamp: &str) {
-    let rounds = setting("XLOCK_BENCH_ROUNDS", 300);
-    let kinds: [(&str, &[&str]); 3] = [
-        ("exclusive", &[]),
-        ("--shared", &["-s"]),
-        ("--slots 2", &["--slots", "2"]),
-    ];
-    let run = |lock: &Path, opts: &[&str], cmd: &[&str]| {
-        Command::new(xlock)
-            .args(opts)
-            .arg(lock)
-            .args(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-    for _ in 0..rounds {
-        for (i, (_, opts)) in kinds.iter().enumerate() {
-            let lock = dir.join(format!("kinds.{i}.lock"));
-            let started = Instant::now();
-            assert!(run(&lock, opts, &["true"]).wait().unwrap().success());
-            samples[i].push(started.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    say!("## 6. Shared locks and slots next to the exclusive lock");
-    say!();
-    say!("Uncontended `xlock [-s | --slots 2] LOCK true` ({rounds} runs each, interleaved):");
-    say!();
-    say!("| kind | median ms | p95 ms | vs exclusive |");
-    say!("|---|---|---|---|");
-    let base = percentile(&mut samples[0], 0.5);
-    for (i, (name, _)) in kinds.iter().enumerate() {
-        let m = percentile(&mut samples[i], 0.5);
-        say!(
-            "| {name} | {m:.2} | {:.2} | {:.2} |",
-            percentile(&mut samples[i], 0.95),
-            m / base
-        );
-    }
-    say!();
-    // Hand-offs: holder's command ends -> waiter's command starts. For slots, a third
-    // holder keeps the other slot busy throughout, so the waiter waits for the one.
-    let n = setting("XLOCK_BENCH_HANDOFFS", 100);
-    let pairs: [(&str, &[&str], &[&str]); 4] = [
-        ("exclusive -> exclusive", &[], &[]),
-        ("exclusive -> --shared", &[], &["-s"]),
-        ("--shared -> exclusive", &["-s"], &[]),
-        (
-            "--slots 2 -> --slots 2 (other slot busy)",
-            &["--slots", "2"],
-            &["--slots", "2"],
-        ),
-    ];
-    let slot_lock = dir.join("handoff-kinds.3.lock");
-    let mut busy = run(&slot_lock, &["--slots", "2"], &["sleep", "100000"]);
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
-    let mut discarded = 0;
-    for _ in 0..n {
-        for (i, (_, holder_opts, waiter_opts)) in pairs.iter().enumerate() {
-            let lock = dir.join(format!("handoff-kinds.{i}.lock"));
-            let (end, start) = (dir.join(format!("kinds-end.{i}")), dir.join(format!("kinds-start.{i}")));
-            let _ = (fs::remove_file(&end), fs::remove_file(&start));
-            let holder_cmd = format!("sleep 0.02; exec '{stamp}' '{}'", end.display());
-            let mut holder = run(&lock, holder_opts, &["sh", "-c", &holder_cmd]);
-            thread::sleep(Duration::from_millis(8)); // the holder gets the lock first
-            let mut waiter = run(&lock, waiter_opts, &[stamp, start.to_str().unwrap()]);
-            holder.wait().unwrap();
-            waiter.wait().unwrap();
-            match (read_stamp(&end), read_stamp(&start)) {
-                (Some(e), Some(s)) if s > e => samples[i].push((s - e) as f64 / 1e6),
-                _ => discarded += 1,
-            }
-        }
-    }
-    // SIGTERM: xlock passes it to its command and releases the slot.
-    let _ = Command::new("kill").arg(busy.id().to_string()).status();
-    let _ = busy.wait();
-    say!("Hand-off: holder's command ends -> waiter's command starts ({n} each, interleaved):");
-    say!();
-    say!("| holder -> waiter | median ms | p95 ms | vs exclusive |");
-    say!("|---|---|---|---|");
-    let base = percentile(&mut samples[0], 0.5);
-    for (i, (name, _, _)) in pairs.iter().enumerate() {
-        let m = percentile(&mut samples[i], 0.5);
-        say!(
-            "| {name} | {m:.2} | {:.2} | {:.2} |",
-            percentile(&mut samples[i], 0.95),
-            m / base
-        );
-    }
-    if discarded > 0 {
-        say!();
-        say!("({discarded} rounds discarded: the waiter started before the holder)");
-    }
-    say!();
-}
-
-/// Section 7: lock -> `true` -> unlock against one local single-node etcd (started here
-/// on free loopback ports, killed at the end), xlock and `etcdctl lock` interleaved.
-fn etcd_round_trip(dir: &Path) {
-    say!("## 7. etcd: lock -> `true` -> unlock on one local etcd");
-    say!();
-    let installed = |program: &str, arg: &str| {
-        Command::new(program)
-            .arg(arg)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !installed("etcd", "--version") || !installed("etcdctl", "version") {
-        say!("Skipped: etcd or etcdctl is not installed (Debian: apt-get install etcd-server etcd-client).");
-        say!();
-        return;
-    }
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port()
-    };
-    let (client, peer) = (port(), port());
-    let data = dir.join("etcd-data");
-    let _ = fs::remove_dir_all(&data);
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut etcd = Command::new("etcd")
-        .args(["--name", "bench", "--data-dir", data.to_str().unwrap()])
-        .args([
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("bench={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("127.0.0.1:{client}");
-    let healthy = || {
-        Command::new("etcdctl")
-            .args(["--endpoints", &endpoint, "endpoint", "health"])
-            .env("ETCDCTL_API", "3")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let end = Instant::now() + Duration::from_secs(30);
-    while !healthy() {
-        assert!(Instant::now() < end, "etcd did not become healthy in 30 s");
-        thread::sleep(Duration::from_millis(100));
-    }
-    let rounds = setting("XLOCK_BENCH_ETCD_ROUNDS", 50);
-    let xlock_url = format!("etcd://{endpoint}/bench-xlock");
-    let runs: [(&str, Vec<&str>); 2] = [
-        ("xlock", vec![env!("CARGO_BIN_EXE_xlock"), &xlock_url, "true"]),
-        (
-            "etcdctl lock",
-            vec!["etcdctl", "--endpoints", &endpoint, "lock", "bench-etcdctl", "true"],
-        ),
-    ];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
-    for round in 0..rounds {
-        for (i, (name, argv)) in runs.iter().enumerate() {
-            let started = Instant::now();
-            let status = Command::new(argv[0])
-                .args(&argv[1..])
-                .env("ETCDCTL_API", "3")
-                .status()
-                .unwrap();
-            samples[i].push(started.elapsed().as_secs_f64() * 1e3);
-            assert!(status.success(), "{name} failed in round {round}");
-        }
-    }
-    let _ = etcd.kill();
-    let _ = etcd.wait();
-    let _ = fs::remove_dir_all(&data);
-    say!(
-        "etcd {} on loopback, {rounds} runs each, interleaved.",
-        first_line("etcd", &["--version"]).trim_start_matches("etcd Version: ")
-    );
-    say!();
-    say!("| tool | median ms | p95 ms | vs etcdctl lock |");
-    say!("|---|---|---|---|");
-    let base = percentile(&mut samples[1], 0.5);
-    for (i, (name, _)) in runs.iter().enumerate() {
-        let m = percentile(&mut samples[i], 0.5);
-        let p95 = percentile(&mut samples[i], 0.95);
-        say!("| {name} | {m:.2} | {p95:.2} | {:.2} |", m / base);
     }
     say!();
 }

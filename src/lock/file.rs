@@ -4,7 +4,8 @@
 //! A would-be holder prepares a private file carrying its record and both kernel
 //! locks ([`Candidate`]), then `link()`s it to LOCK. A waiter blocks on the holder's
 //! kernel locks ([`wait_out`]), so it wakes the moment the holder releases or dies (no
-//! polling). A dead holder's file is replaced with `rename()` by the one waiter that
+//! polling); the waiter that wins a released file's lock keeps it until it holds the
+//! lock ([`Queue`]), so at a hand-off only the next waiter wakes. A dead holder's file is replaced with `rename()` by the one waiter that
 //! holds its locks; without kernel locks, by the one waiter whose claim succeeds
 //! ([`claim_stale`]). Finally the lock is verified in place ([`Held`]).
 
@@ -17,7 +18,7 @@ use super::candidate::{Candidate, TempFile};
 use super::claim::{claim_stale, sweep};
 use super::held::Held;
 use super::path::LockPath;
-use super::theirs::{open_record, Found};
+use super::theirs::{open_record, Found, TheirFile};
 use super::wait::{pause, wait_out, Outcome, Paused, POLL_FIRST};
 use super::{members, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
 use crate::error::{foreign, read_error};
@@ -81,6 +82,10 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
     }
     let mut waited = false;
     let mut took_over = false;
+    // Released files whose process lock we won (kernel locks): the waiters queued
+    // behind us on them sleep on until this is dropped, once we hold the lock or stop
+    // waiting (see "Hand-offs" in docs/design.md).
+    let mut queue = Queue::default();
     loop {
         if waited {
             record.since = now();
@@ -100,9 +105,15 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
         let outcome = wait_out(&theirs, lock, req, ours.locking, &mut waited);
         req.report.done_waiting();
         let why = match outcome? {
-            Outcome::Left => continue,
+            Outcome::Left => {
+                if ours.locking == Locking::Kernel {
+                    queue.keep(theirs);
+                }
+                continue;
+            }
+            Outcome::Requeue => continue,
             Outcome::Stale(why) => why,
-            Outcome::TimedOut => return Ok(Outcome::TimedOut.into_acquired(&theirs)),
+            Outcome::TimedOut => return Ok(Outcome::TimedOut.into_acquired(&theirs, lock)),
             Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         };
         match ours.locking {
@@ -112,7 +123,7 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
                 if !claim_stale(&mut ours, &theirs, lock, req)? {
                     // Another waiter claimed it first; see what it made of it after a pause.
                     if let Paused::Stop(stop) = pause(req, POLL_FIRST, None)? {
-                        return Ok(stop.into_acquired(&theirs));
+                        return Ok(stop.into_acquired(&theirs, lock));
                     }
                     waited = true;
                     continue;
@@ -123,6 +134,9 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
         took_over = true;
         break;
     }
+    // Held: the next waiter on each released file wakes, finds our file at LOCK and
+    // queues on it.
+    drop(queue);
     // Step 5: verify.
     let locking = ours.locking;
     let held = ours.into_held(lock, req.stale_after)?;
@@ -133,6 +147,34 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
     }
     req.report.acquired(waited.then(|| started.elapsed()));
     Ok(Acquired::Held(held))
+}
+
+/// Released lock files (no longer at LOCK) whose process lock this waiter holds.
+///
+/// At a release, the kernel gives the old file's flock to one waiter. If that waiter
+/// let go of it at once, the next one would wake, find the file released too, let go,
+/// and so on: every waiter would wake at every hand-off, one after the other, and
+/// race for `link()`. Keeping it until we hold the lock (or stop waiting: dropped with
+/// the acquire, on every way out) keeps the others asleep in the kernel; we then
+/// queue on the new holder's file with it in hand. A waiter only ever blocks on the
+/// file at LOCK, newer than every file it holds, so no two waiters can wait for each
+/// other; one that dies lets go as it exits, and the next one behind it wakes; one
+/// that is stopped is found so by those behind it within a second
+/// ([`TheirFile::behind_a_stopped_waiter`]), and they go round it.
+#[derive(Default)]
+struct Queue(Vec<TheirFile>);
+
+impl Queue {
+    /// A bound on the descriptors kept: beyond it, the oldest file is let go (its
+    /// next waiter wakes and queues on the file at LOCK).
+    const MAX: usize = 16;
+
+    fn keep(&mut self, released: TheirFile) {
+        if self.0.len() == Self::MAX {
+            self.0.remove(0);
+        }
+        self.0.push(released);
+    }
 }
 
 pub(super) fn now() -> String {

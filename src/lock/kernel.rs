@@ -14,13 +14,15 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
 
 use anyhow::Result;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
+use nix::sys::stat::{major, minor};
 
-use super::path::LockPath;
+use super::path::{FileId, LockPath};
 use super::theirs::TheirFile;
 use super::Request;
 use crate::error::{cannot, lock_error};
@@ -94,6 +96,32 @@ pub(super) enum Waited {
     Got(bool),
     TimedOut,
     Interrupted(i32),
+    /// Queued on a released file behind a stopped waiter that holds its process lock:
+    /// wait on the file at LOCK instead.
+    Stuck,
+}
+
+/// How often a waiter blocked on a file's process lock checks whether it is queued
+/// on a released file behind a stopped waiter (docs/design.md, "Hand-offs").
+const QUEUE_CHECK: Duration = Duration::from_secs(1);
+
+/// The process that holds the flock on the file `id`, as /proc/locks shows it (a
+/// PID of our namespace); `None` if nobody does, or it cannot be told.
+pub(super) fn flock_holder(id: FileId) -> Option<i32> {
+    let (dev, ino) = id;
+    let file = format!("{:02x}:{:02x}:{ino}", major(dev), minor(dev));
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks
+        .lines()
+        .find_map(|line| {
+            // "3: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"; a blocked request has
+            // "->" before FLOCK.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&file.as_str()))
+                .then(|| fields[4].parse().ok())
+                .flatten()
+        })
+        .filter(|&pid| pid > 0)
 }
 
 /// Takes `kind` on `theirs`, waiting until the deadline if it is held; a signal that
@@ -121,13 +149,22 @@ pub(super) fn wait_for(kind: KernelLock, theirs: &TheirFile, lock: &LockPath, re
 /// call blocks this thread itself, so the holder's release wakes it directly; a
 /// signal, the deadline or the notice's tick interrupts it.
 fn block_on(kind: KernelLock, theirs: &TheirFile, lock: &LockPath, req: &Request<'_>) -> Result<Waited> {
+    // Waiting for a process lock, check now and then that we are not queued behind
+    // a stopped waiter.
+    let tick = match kind {
+        KernelLock::Process => [req.report.tick(), Some(QUEUE_CHECK)].into_iter().flatten().min(),
+        KernelLock::Command => req.report.tick(),
+    };
     let interrupter = req
         .signals
-        .interrupter(req.deadline.end(), req.report.tick())
+        .interrupter(req.deadline.end(), tick)
         .map_err(|err| cannot("wait for", lock.shown(), &err))?;
     loop {
         match interrupter.take() {
-            Some(Wake::Tick) => theirs.report_waiting(req),
+            Some(Wake::Tick) if matches!(kind, KernelLock::Process) && theirs.behind_a_stopped_waiter(&lock.path) => {
+                return Ok(Waited::Stuck)
+            }
+            Some(Wake::Tick) => theirs.report_current(req, &lock.path),
             Some(Wake::Deadline) => return Ok(Waited::TimedOut),
             Some(Wake::Signal(signal)) => return Ok(Waited::Interrupted(signal)),
             None => {}

@@ -343,6 +343,8 @@ fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) 
         req.report.done_waiting();
         match outcome? {
             Outcome::Left => return Ok(None),
+            // Behind a stopped waiter on a released file: look at the member again.
+            Outcome::Requeue => continue,
             Outcome::Stale(_) => {
                 // Its kernel locks are dropped with our descriptor; then its record is
                 // taken over and removed by the member's own protocol.
@@ -359,7 +361,9 @@ fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) 
                     Err(err) => return Err(err),
                 }
             }
-            stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => return Ok(Some(stop.into_acquired(&theirs))),
+            stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => {
+                return Ok(Some(stop.into_acquired(&theirs, &member)))
+            }
         }
     }
 }

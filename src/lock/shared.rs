@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use nix::sys::inotify::Inotify;
 
+use super::candidate::TempFile;
+use super::claim::sweep;
 use super::file;
 use super::held::Held;
 use super::members::{self, mismatch, step_request};
@@ -28,7 +30,7 @@ use super::slots;
 use super::theirs::{open_record, Found};
 use super::{Acquired, Holding, Kind, Released, Request, State};
 use crate::error::read_error;
-use crate::liveness::Identity;
+use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
 use crate::record::{Mode, Record};
 use crate::supervise::{Guard, Health};
@@ -176,6 +178,13 @@ impl Kind for SharedLock {
         );
         record.slots = self.slots;
         if let Some(member) = self.join_at_once(req, &record)? {
+            // The gate's acquire sweeps orphans next to LOCK where a crash can leave
+            // them untraced (named temp files, no kernel locks); joining without it
+            // must do the same, or an orphan of a killed gate taker stays forever.
+            let locking = Locking::from_env();
+            if TempFile::from_env() == TempFile::Named || locking == Locking::RecordOnly {
+                sweep(&self.lock, req, locking);
+            }
             req.report.acquired(None);
             return Ok(Acquired::Held(member));
         }

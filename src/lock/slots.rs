@@ -16,7 +16,7 @@
 //! inotify instance or watch can be had (the per-user limits), it polls with backoff
 //! instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -90,8 +90,11 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         let mut restart = false;
         // The slot we take, and stale slots cleared on the way (nothing left behind).
         let mut mine = None;
-        // The lowest free slot is at most taken.len(): look no further.
-        for k in 0..n.min(u32::try_from(taken.len()).unwrap_or(u32::MAX).saturating_add(1)) {
+        // The lowest free slot is at most taken.len(): look no further for a free one,
+        // but look at every taken one, to clear stale slots (nothing left behind).
+        let lowest = 0..n.min(u32::try_from(taken.len()).unwrap_or(u32::MAX).saturating_add(1));
+        let candidates: BTreeSet<u32> = lowest.chain(taken.keys().copied()).collect();
+        for k in candidates {
             let theirs = if taken.contains_key(&k) {
                 let path = dir.join(slot_name(k));
                 match look(&path).map_err(|err| cannot("check", escape::path(&path), &err))? {

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use nix::libc;
 
+use super::kernel::flock_holder;
 use super::path::{id_of, is_at, FileId, LockPath};
 use super::{Processes, Request};
 use crate::error::cannot;
@@ -28,6 +29,16 @@ pub(super) enum Found {
     Record(TheirFile),
     Vanished,
     Foreign(String),
+}
+
+/// Who holds LOCK now, compared with a file that was there.
+pub(super) enum Successor {
+    /// The same file (or it cannot be told).
+    Same,
+    /// Another holder's file.
+    Other(Box<TheirFile>),
+    /// Nobody: LOCK is free at this moment.
+    Nobody,
 }
 
 /// Another holder's lock file, open for reading.
@@ -55,6 +66,43 @@ impl TheirFile {
     /// Shows (or keeps current) the waiting notice for this holder.
     pub(super) fn report_waiting(&self, req: &Request<'_>) {
         req.report.waiting(&self.record, || self.command_processes());
+    }
+
+    /// Keeps the waiting notice current while blocked on this file: it names whoever
+    /// holds LOCK now, as this file may have been released while we sleep queued on it
+    /// (docs/design.md, "Hand-offs").
+    pub(super) fn report_current(&self, req: &Request<'_>, lock: &Path) {
+        if req.report.tick().is_none() {
+            return; // no notice to keep current
+        }
+        match self.successor(lock) {
+            Successor::Other(now) => now.report_waiting(req),
+            Successor::Same | Successor::Nobody => self.report_waiting(req),
+        }
+    }
+
+    /// Who holds LOCK now, as far as messages are concerned (an error reading it
+    /// counts as [`Successor::Same`]).
+    pub(super) fn successor(&self, lock: &Path) -> Successor {
+        if self.at(lock).unwrap_or(true) {
+            return Successor::Same;
+        }
+        match open_record(lock) {
+            Ok(Found::Record(now)) => Successor::Other(Box::new(now)),
+            Ok(Found::Vanished) => Successor::Nobody,
+            Ok(Found::Foreign(_)) | Err(_) => Successor::Same,
+        }
+    }
+
+    /// Whether we are queued on this file, released, behind a stopped process (SIGSTOP,
+    /// Ctrl-Z, a debugger) that holds its process lock: a waiter keeps a released
+    /// file's lock until it holds the lock itself, and a stopped one would hold up
+    /// the waiters behind it (flock(1)'s kernel queue skips a stopped waiter).
+    pub(super) fn behind_a_stopped_waiter(&self, lock: &Path) -> bool {
+        if self.at(lock).unwrap_or(true) {
+            return false;
+        }
+        flock_holder(self.file_id).is_some_and(|pid| matches!(liveness::proc_stat(pid), Ok(Some((_, 'T' | 't')))))
     }
 
     pub(super) fn same_file(&self, id: &FileId) -> bool {

@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use super::kernel::{wait_for, KernelLock, Waited};
 use super::path::LockPath;
-use super::theirs::TheirFile;
+use super::theirs::{Successor, TheirFile};
 use super::{Acquired, Request};
 use crate::error::read_error;
 use crate::liveness::{self, Alive, Locking, Stale, Verdict};
@@ -23,8 +23,12 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// How waiting on one holder's file ended.
 pub(super) enum Outcome {
-    /// The file left LOCK: released (or taken over by another).
+    /// The file left LOCK: released (or taken over by another). With kernel locks, we
+    /// hold its process lock.
     Left,
+    /// Queued on a released file behind a stopped waiter: wait on the file at LOCK
+    /// instead (we do not hold this one's lock).
+    Requeue,
     /// Its holder is gone: take it over.
     Stale(Stale),
     TimedOut,
@@ -32,10 +36,16 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    pub(super) fn into_acquired<H>(self, theirs: &TheirFile) -> Acquired<H> {
+    /// What the wait on `theirs` came to; a busy lock names its holder now (a waiter
+    /// queued on a released file may have slept through several hand-offs).
+    pub(super) fn into_acquired<H>(self, theirs: &TheirFile, lock: &LockPath) -> Acquired<H> {
         match self {
             Outcome::Interrupted(signal) => Acquired::Interrupted(signal),
-            _ => Acquired::Busy(Some(theirs.record.clone()), theirs.command_processes()),
+            _ => match theirs.successor(&lock.path) {
+                Successor::Same => Acquired::Busy(Some(theirs.record.clone()), theirs.command_processes()),
+                Successor::Other(now) => Acquired::Busy(Some(now.record.clone()), now.command_processes()),
+                Successor::Nobody => Acquired::Busy(None, Vec::new()),
+            },
         }
     }
 }
@@ -57,6 +67,10 @@ pub(super) fn wait_out(
                 Waited::Got(w) => *waited |= w,
                 Waited::TimedOut => return Ok(Outcome::TimedOut),
                 Waited::Interrupted(signal) => return Ok(Outcome::Interrupted(signal)),
+                Waited::Stuck => {
+                    *waited = true;
+                    return Ok(Outcome::Requeue);
+                }
             }
             // Free and still at LOCK: its xlock died, so wait for its command's tree.
             if !still_at_lock()? {

@@ -235,10 +235,37 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 /// and sleeps in a system call that waits (a lock call, poll, or a sleep between
 /// polls), as /proc/PID/syscall shows. Panics after 10 s, saying what it saw.
 pub fn wait_until_waiting(pid: i32, lock: &Path) {
-    use nix::libc;
     let holders_file = fs::metadata(lock)
         .unwrap_or_else(|err| panic!("{}: {err}", lock.display()))
         .ino();
+    wait_until_waiting_on(pid, holders_file, lock);
+}
+
+/// [`wait_until_waiting`] on the file with inode `holders_file` (which may no longer
+/// be at `lock`: a released file that waiters still sleep on).
+pub fn wait_until_waiting_on(pid: i32, holders_file: u64, lock: &Path) {
+    let call = || fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !waits_on(pid, holders_file) {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting until pid {pid} waits for {}: its system call is {:?}, {}",
+            lock.display(),
+            call().trim(),
+            if has_open(pid, holders_file) {
+                "it has the lock file open"
+            } else {
+                "it does not have the lock file open"
+            }
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether process `pid` has the file with inode `ino` open and sleeps in a system
+/// call that waits (a lock call, poll, or a sleep between polls).
+pub fn waits_on(pid: i32, ino: u64) -> bool {
+    use nix::libc;
     #[allow(unused_mut)] // poll(2) exists on some architectures only
     let mut waiting_calls = vec![
         libc::SYS_flock,
@@ -249,35 +276,20 @@ pub fn wait_until_waiting(pid: i32, lock: &Path) {
     ];
     #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
     waiting_calls.push(libc::SYS_poll);
-    let has_file_open = || {
-        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-            fds.flatten()
-                .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.ino() == holders_file))
-        })
-    };
-    let call = || fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let blocked_in = call()
-            .split_whitespace()
-            .next()
-            .and_then(|nr| nr.parse::<libc::c_long>().ok());
-        if blocked_in.is_some_and(|nr| waiting_calls.contains(&nr)) && has_file_open() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out waiting until pid {pid} waits for {}: its system call is {:?}, {}",
-            lock.display(),
-            call().trim(),
-            if has_file_open() {
-                "it has the lock file open"
-            } else {
-                "it does not have the lock file open"
-            }
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let blocked_in = fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|nr| nr.parse::<libc::c_long>().ok());
+    blocked_in.is_some_and(|nr| waiting_calls.contains(&nr)) && has_open(pid, ino)
+}
+
+/// Whether process `pid` has the file with inode `ino` open.
+pub fn has_open(pid: i32, ino: u64) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten()
+            .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.ino() == ino))
+    })
 }
 
 /// Whether this process runs as root (some cases need to drop privileges).

@@ -18,6 +18,7 @@ mod exit_status;
 mod exit_status_interpreter;
 mod field;
 mod generated;
+mod handoff;
 mod idioms;
 mod nesting_paths;
 mod protocol;

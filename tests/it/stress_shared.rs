@@ -264,6 +264,8 @@ fn stress(t: Mode, slots: Option<u32>) {
     assert_eq!(
         sandbox.entries(),
         ["log", "messages"],
-        "lock, members or temp file left behind"
+        "lock, members or temp file left behind: {:?}\nthe settling run said: {}",
+        sandbox.snapshot().keys().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
