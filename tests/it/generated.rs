@@ -147,3 +147,29 @@ fn readme_builds_the_package_as_ci_does() {
         );
     }
 }
+
+/// The test command that README's "Try it" gives is the one `.ci/run` runs, so what
+/// CI proves is what a newcomer runs; and it installs what the tests drive (the
+/// packages that the tests fail naming when one is missing).
+#[test]
+fn readme_test_command_is_what_ci_runs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let ci = fs::read_to_string(root.join(".ci/run")).unwrap();
+    let try_it = &readme[readme.find("## Try it").unwrap()..readme.find("## Install").unwrap()];
+    let command = try_it
+        .split("Run the test suite:")
+        .nth(1)
+        .and_then(|rest| rest.lines().map(str::trim).find(|line| !line.is_empty()))
+        .expect("README's Try it gives the test command after \"Run the test suite:\"");
+    assert_eq!(command, "tests/run", "README's test command");
+    assert!(
+        ci.lines().any(|line| line.trim() == command),
+        ".ci/run does not run README's test command {command:?}"
+    );
+    let script = fs::read_to_string(root.join(command)).unwrap();
+    for package in ["util-linux", "bash-completion", "zsh", "fish", "etcd-server", "openssl"] {
+        assert!(script.contains(package), "{command} does not install {package}");
+    }
+    assert!(script.lines().any(|line| line.trim() == "exec cargo test \"$@\""));
+}
