@@ -59,7 +59,10 @@ impl Guard for Held {
             return None;
         }
         if self.lease.expired() {
-            return Some(Instant::now());
+            // Due already: a moment in the past, not `Instant::now()`, which would be
+            // later than the `now` supervision compares it with, so never due (and
+            // supervision would spin on a zero timeout, the command left running).
+            return Some(self.checked.get());
         }
         let (renewal, lost_at) = self.lease.due();
         Some(next_look(renewal, lost_at, self.checked.get(), self.poll()))
