@@ -229,6 +229,22 @@ fn an_unreachable_endpoint_fails_in_one_line_within_the_timeout() {
 }
 
 #[test]
+fn a_silent_first_endpoint_does_not_use_up_the_time_of_the_next() {
+    let etcd = Etcd::start();
+    // Accepts connections (the kernel does) and never answers: a frozen member.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("etcd://{},{}/failover", silent.local_addr().unwrap(), etcd.endpoint());
+    let out = xlock([url.as_str(), "sh", "-c", "echo ran"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    // Within a short wait too; --status as well.
+    let out = xlock(["-w", "4", url.as_str(), "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = xlock(["--status", url.as_str()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn a_holder_that_is_not_xlock_is_waited_for_and_reported() {
     let etcd = Etcd::start();
     let port = etcd.client_port;
