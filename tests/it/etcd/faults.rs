@@ -232,3 +232,30 @@ fn a_lease_revoked_under_the_holder_stops_the_command_tree_at_once() {
         tree.iter().all(|&p| !process_alive(p))
     });
 }
+
+#[test]
+fn a_waiter_whose_lock_call_hangs_on_a_frozen_endpoint_still_gets_the_lock() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::to(etcd.client_port);
+    let direct = etcd.url("stuck");
+    // The waiter's calls go through the proxy first, its Lock call with them.
+    let both = format!("etcd://127.0.0.1:{},{}/stuck", proxy.port, etcd.endpoint());
+    let mut holder = hold_url(&[], &direct, "echo started; read _; exit 0");
+    let mut waiter = Running::start(xlock([
+        "--stale-after",
+        "6",
+        "-w",
+        "60",
+        both.as_str(),
+        "-c",
+        "echo got",
+    ]));
+    wait_for_queue(&direct, 2);
+    // The proxy's endpoint freezes with the Lock call in flight; renewals go on
+    // through the other endpoint, and the holder lets go.
+    proxy.freeze();
+    holder.release();
+    assert!(holder.wait().success());
+    assert_eq!(waiter.line(), "got");
+    assert!(waiter.wait().success());
+}
