@@ -203,14 +203,15 @@ impl Client {
                     continue;
                 }
             };
-            self.current.store(index, Ordering::Relaxed);
-            let value: Value = serde_json::from_str(&text).map_err(|_| RpcError::Server {
-                code: 0,
-                message: format!(
-                    "{endpoint} answered {path} with HTTP {status} and not JSON: {}; is it etcd's client port (3.4 or later)?",
+            // Not etcd's gateway (a peer port, another server): the next endpoint may be.
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                failures.push(format!(
+                    "{endpoint}: answered {path} with HTTP {status} and not JSON: {}; is it etcd's client port (3.4 or later)?",
                     text.chars().take(120).collect::<String>().escape_default()
-                ),
-            })?;
+                ));
+                continue;
+            };
+            self.current.store(index, Ordering::Relaxed);
             // A streaming call's one answer comes as {"result": …} or {"error": …}.
             let error = value.get("error").filter(|e| e.is_object()).cloned();
             if let Some(error) = error {
