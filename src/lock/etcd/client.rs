@@ -116,7 +116,7 @@ impl Client {
 
     /// Calls `path` with `body`, at most `timeout` in all (`None`: no limit, for the
     /// Lock call that waits its turn), trying each endpoint once, the one that
-    /// answered last first. Authenticates first if `ETCDCTL_USER` is set, and again
+    /// answered last first, each within its share of the time left. Authenticates first if `ETCDCTL_USER` is set, and again
     /// once if the server calls the token invalid.
     pub fn call(&self, path: &str, body: &Value, timeout: Option<Duration>) -> Result<Value, RpcError> {
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -173,7 +173,10 @@ impl Client {
                         failures.push(format!("{endpoint}: not tried, out of time"));
                         continue;
                     }
-                    Some(left)
+                    // An equal share for each endpoint not tried yet: one that accepts
+                    // connections but never answers (a frozen member) must not use up
+                    // the time of those after it.
+                    Some(left / (self.endpoints.len() - k) as u32)
                 }
                 None => None,
             };
@@ -200,14 +203,15 @@ impl Client {
                     continue;
                 }
             };
-            self.current.store(index, Ordering::Relaxed);
-            let value: Value = serde_json::from_str(&text).map_err(|_| RpcError::Server {
-                code: 0,
-                message: format!(
-                    "{endpoint} answered {path} with HTTP {status} and not JSON: {}; is it etcd's client port (3.4 or later)?",
+            // Not etcd's gateway (a peer port, another server): the next endpoint may be.
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                failures.push(format!(
+                    "{endpoint}: answered {path} with HTTP {status} and not JSON: {}; is it etcd's client port (3.4 or later)?",
                     text.chars().take(120).collect::<String>().escape_default()
-                ),
-            })?;
+                ));
+                continue;
+            };
+            self.current.store(index, Ordering::Relaxed);
             // A streaming call's one answer comes as {"result": …} or {"error": …}.
             let error = value.get("error").filter(|e| e.is_object()).cloned();
             if let Some(error) = error {

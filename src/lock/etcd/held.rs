@@ -59,7 +59,10 @@ impl Guard for Held {
             return None;
         }
         if self.lease.expired() {
-            return Some(Instant::now());
+            // Due already: a moment in the past, not `Instant::now()`, which would be
+            // later than the `now` supervision compares it with, so never due (and
+            // supervision would spin on a zero timeout, the command left running).
+            return Some(self.checked.get());
         }
         let (renewal, lost_at) = self.lease.due();
         Some(next_look(renewal, lost_at, self.checked.get(), self.poll()))
@@ -70,13 +73,19 @@ impl Guard for Held {
         self.checked.set(now);
         match self.lease.judge(now) {
             Judged::Held => Health::Held,
-            Judged::Lost { why, kill_by } => {
+            Judged::Lost { why, kill_by, expired } => {
                 self.lost.set(true);
                 self.lease.stop();
+                let stopping = if expired {
+                    "stopping the command's whole tree now; the lease may be gone already, and another \
+                     holder running"
+                } else {
+                    "stopping the command's whole tree before the lease can expire \
+                     (another holder may get the lock then)"
+                };
                 Health::Lost {
                     message: format!(
-                        "lock lost: {}: {why}; stopping the command's whole tree before the lease can expire \
-                         (another holder may get the lock then); check the network to etcd at {}",
+                        "lock lost: {}: {why}; {stopping}; check the network to etcd at {}",
                         self.name.display(),
                         self.client.shown_endpoints()
                     ),

@@ -154,6 +154,12 @@ impl Kind for EtcdLock {
         let waited = !ours;
         let tick = req.report.tick();
         let mut next_tick = Instant::now() + tick.unwrap_or(Duration::ZERO);
+        // Every third of the TTL, a look at the line too: our key first is the lock
+        // ours (what the Lock RPC waits for), even if its answer never comes (its
+        // endpoint froze with the call in flight while renewals went to another).
+        let poll = lease.ttl / 3;
+        let mut next_poll = Instant::now() + poll;
+        let mut first_in_line = false;
         if let Some(holder) = &holder {
             req.report.waiting(holder, Vec::new);
         }
@@ -176,6 +182,7 @@ impl Kind for EtcdLock {
             if tick.is_some() && holder.is_some() {
                 until = until.min(next_tick);
             }
+            until = until.min(next_poll);
             let event = req
                 .signals
                 .wait(Some(ready.as_fd()), Some(until.saturating_duration_since(now)))
@@ -192,13 +199,24 @@ impl Kind for EtcdLock {
             if !ours && req.deadline.passed() {
                 let first = self.queue(1, call_timeout(req)).ok().and_then(|q| q.into_iter().next());
                 ours = first.as_ref().is_some_and(|kv| kv.key == key);
-                if !ours {
+                if ours {
+                    first_in_line = true;
+                    break;
+                } else {
                     giving_up(&lease);
                     req.report.done_waiting();
                     return Ok(Acquired::Busy(
                         first.as_ref().and_then(record_of).or(holder),
                         Vec::new(),
                     ));
+                }
+            }
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + poll;
+                let first = self.queue(1, call_timeout(req)).ok().and_then(|q| q.into_iter().next());
+                if first.is_some_and(|kv| kv.key == key) {
+                    first_in_line = true;
+                    break;
                 }
             }
             if let Some(every) = tick.filter(|_| holder.is_some() && Instant::now() >= next_tick) {
@@ -214,9 +232,13 @@ impl Kind for EtcdLock {
             }
         }
         req.report.done_waiting();
-        let locked = answer
-            .recv()
-            .map_err(|_| anyhow!("the thread waiting for {} ended without an answer", self.url))?;
+        let locked = if first_in_line {
+            Ok(key.clone())
+        } else {
+            answer
+                .recv()
+                .map_err(|_| anyhow!("the thread waiting for {} ended without an answer", self.url))?
+        };
         if let Err(err) = locked {
             giving_up(&lease);
             return Err(self.failed("take the lock", &err));

@@ -42,11 +42,13 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Judged {
     Held,
-    /// Lost: why, when the lease expires at the latest, and when the command's tree
-    /// must have been killed.
+    /// Lost: why, when the command's tree must have been killed, and whether the
+    /// lease may have expired already (this process was paused past its TTL, or the
+    /// server said so): then another holder may be running.
     Lost {
         why: String,
         kill_by: Instant,
+        expired: bool,
     },
 }
 
@@ -149,16 +151,26 @@ fn judge(fields: &Fields<'_>, ttl: Duration, now: Instant) -> Judged {
         return Judged::Lost {
             why: why("etcd says the lease has expired".into()),
             kill_by: now,
+            expired: true,
         };
     }
     if expiry.saturating_duration_since(now) <= ttl / 3 {
+        let late = now >= expiry - kill_margin(ttl);
         return Judged::Lost {
             why: why(format!(
-                "no lease renewal acknowledged for {:.1}s of its {}s TTL",
+                "no lease renewal acknowledged for {:.1}s of its {}s TTL{}",
                 now.saturating_duration_since(fields.acked).as_secs_f64(),
-                ttl.as_secs()
+                ttl.as_secs(),
+                if late {
+                    " (was xlock paused, or the machine suspended?)"
+                } else {
+                    ""
+                }
             )),
             kill_by: (expiry - kill_margin(ttl)).max(now),
+            // Past the SIGKILL moment: this process did not run in time (paused,
+            // suspended), and the server may have expired the lease.
+            expired: late,
         };
     }
     Judged::Held
@@ -241,10 +253,11 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(at(t0, false, t0), Judged::Held);
         assert_eq!(at(t0, false, t0 + Duration::from_secs(19)), Judged::Held);
-        let Judged::Lost { kill_by, why } = at(t0, false, t0 + Duration::from_secs(20)) else {
+        let Judged::Lost { kill_by, why, expired } = at(t0, false, t0 + Duration::from_secs(20)) else {
             panic!("held at two thirds");
         };
         assert_eq!(kill_by, t0 + Duration::from_secs(29), "SIGKILL 1 s before expiry");
+        assert!(!expired, "judged in time: stopped before the lease can expire");
         assert!(
             why.contains("no lease renewal acknowledged for 20.0s of its 30s TTL"),
             "{why}"
@@ -254,10 +267,26 @@ mod tests {
     #[test]
     fn ttl_zero_is_lost_at_once() {
         let t0 = Instant::now();
-        let Judged::Lost { kill_by, .. } = at(t0, true, t0 + Duration::from_secs(1)) else {
+        let Judged::Lost { kill_by, expired, .. } = at(t0, true, t0 + Duration::from_secs(1)) else {
             panic!("an expired lease held");
         };
         assert_eq!(kill_by, t0 + Duration::from_secs(1));
+        assert!(expired);
+    }
+
+    #[test]
+    fn judged_only_after_a_pause_past_the_ttl_the_lease_may_be_gone_already() {
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(45);
+        let Judged::Lost { kill_by, expired, why } = at(t0, false, late) else {
+            panic!("held after a pause past the TTL");
+        };
+        assert_eq!(kill_by, late);
+        assert!(
+            why.ends_with("45.0s of its 30s TTL (was xlock paused, or the machine suspended?)"),
+            "{why}"
+        );
+        assert!(expired, "a pause past the TTL: another holder may run already");
     }
 
     #[test]
@@ -269,7 +298,7 @@ mod tests {
             expired: false,
             error: Some("timed out"),
         };
-        let Judged::Lost { kill_by, why } = judge(&fields, ttl, t0 + Duration::from_secs(2)) else {
+        let Judged::Lost { kill_by, why, .. } = judge(&fields, ttl, t0 + Duration::from_secs(2)) else {
             panic!("held");
         };
         assert_eq!(kill_by, t0 + Duration::from_millis(2500));

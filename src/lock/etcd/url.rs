@@ -117,6 +117,13 @@ impl Url {
                         .map_err(|why| format!("{ENDPOINTS_ENV} endpoint '{word}' {why}"))?,
                 );
             }
+            if endpoints.is_empty() {
+                return Err(format!(
+                    "{ENDPOINTS_ENV}='{}' lists no endpoints; set {ENDPOINTS_ENV}=HOST:PORT[,HOST:PORT...] \
+                     or name them: etcd://HOST:PORT/{name}",
+                    env.escape_default()
+                ));
+            }
             endpoints
         } else {
             hosts
@@ -159,12 +166,24 @@ fn endpoint(word: &str) -> Result<String, String> {
             None => (word.to_owned(), None),
         }
     };
-    let valid_host = |h: &str| {
-        !h.is_empty()
-            && h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%'))
+    // A name or IPv4 address; in brackets, an IPv6 address (with its zone after '%').
+    let valid_host = |h: &str| match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            v6.contains(':')
+                && v6
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%'))
+        }
+        None => {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
     };
     if !valid_host(&host) {
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(format!("{what}; an IPv6 address goes in brackets: [::1]:2379"));
+        }
         return Err(what.to_owned());
     }
     let port = match port {
@@ -199,6 +218,13 @@ mod tests {
         assert!(url.tls, "an https:// endpoint means TLS");
         let err = Url::parse_with("etcd:///job", None).unwrap_err();
         assert!(err.contains("ETCDCTL_ENDPOINTS is not set"), "{err}");
+        for blank in [",", " , ,", "http://"] {
+            let err = Url::parse_with("etcd:///job", Some(blank)).unwrap_err();
+            assert!(
+                err.contains("lists no endpoints") || err.contains("is empty"),
+                "{blank:?}: {err}"
+            );
+        }
         let err = Url::parse_with("etcds:///job", Some("http://a:1")).unwrap_err();
         assert!(err.contains("plain-HTTP"), "{err}");
     }
@@ -223,6 +249,9 @@ mod tests {
             ("etcd://,h:1/x", "is empty"),
             ("etcd://ho st:1/x", "is not HOST:PORT"),
             ("etcd://h:1/a\nb", "control character"),
+            ("etcd://::1:2379/x", "an IPv6 address goes in brackets"),
+            ("etcd://10.0.0.1:2379:5/x", "an IPv6 address goes in brackets"),
+            ("etcd://[nothex]:2379/x", "is not HOST:PORT"),
         ] {
             let err = Url::parse_with(url, None).unwrap_err();
             assert!(err.contains(says), "{url}: {err}");

@@ -229,6 +229,51 @@ fn an_unreachable_endpoint_fails_in_one_line_within_the_timeout() {
 }
 
 #[test]
+fn a_silent_first_endpoint_does_not_use_up_the_time_of_the_next() {
+    let etcd = Etcd::start();
+    // Accepts connections (the kernel does) and never answers: a frozen member.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("etcd://{},{}/failover", silent.local_addr().unwrap(), etcd.endpoint());
+    let out = xlock([url.as_str(), "sh", "-c", "echo ran"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    // Within a short wait too; --status as well.
+    let out = xlock(["-w", "4", url.as_str(), "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = xlock(["--status", url.as_str()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_endpoint_that_is_not_etcd_is_skipped_and_named() {
+    let etcd = Etcd::start();
+    // An HTTP server that is not etcd's gateway (a peer port, a web server).
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let web_endpoint = web.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in web.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\n\r\n404 page not found\n");
+        }
+    });
+    let url = format!("etcd://{web_endpoint},{}/notetcd", etcd.endpoint());
+    let out = xlock([url.as_str(), "sh", "-c", "echo ran"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    // Alone, it is named, with what to check, once.
+    let url = format!("etcd://{web_endpoint}/notetcd");
+    let out = xlock([url.as_str(), "true"]).output().unwrap();
+    assert_fails(
+        &out,
+        &[&web_endpoint, "HTTP 404 and not JSON", "is it etcd's client port"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("etcd said"), "{stderr}");
+}
+
+#[test]
 fn a_holder_that_is_not_xlock_is_waited_for_and_reported() {
     let etcd = Etcd::start();
     let port = etcd.client_port;

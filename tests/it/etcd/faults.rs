@@ -200,3 +200,62 @@ fn a_killed_xlock_s_command_gets_sigkill_and_the_lease_expires() {
     );
     assert!(next.wait().success());
 }
+
+#[test]
+fn a_lease_revoked_under_the_holder_stops_the_command_tree_at_once() {
+    let etcd = Etcd::start();
+    let url = etcd.url("revoked");
+    let dir = tempfile::tempdir().unwrap();
+    let (pids, log) = (dir.path().join("pids"), dir.path().join("log"));
+    // Renewed every 3 s; its message tells a renewal answered with TTL 0 from one
+    // not acknowledged.
+    let mut holder = hold_tree(&url, "9", &pids, &log);
+    let leases = post(etcd.client_port, "/v3/lease/leases", "{}").unwrap();
+    let leases: serde_json::Value = serde_json::from_str(&leases).unwrap();
+    let id = leases["leases"][0]["ID"].as_str().unwrap().to_owned();
+    post(etcd.client_port, "/v3/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#)).unwrap();
+    // The tree's `sleep 60` would end it with status 0, a minute later.
+    let status = holder.wait();
+    let said = fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(125), "{said}");
+    assert!(
+        said.contains("xlock: lock lost: ") && said.contains("etcd says the lease has expired"),
+        "{said}"
+    );
+    assert!(!said.contains("released"), "{said}");
+    let tree: Vec<i32> = fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    wait_until(Duration::from_secs(10), "the holder's tree has ended", || {
+        tree.iter().all(|&p| !process_alive(p))
+    });
+}
+
+#[test]
+fn a_waiter_whose_lock_call_hangs_on_a_frozen_endpoint_still_gets_the_lock() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::to(etcd.client_port);
+    let direct = etcd.url("stuck");
+    // The waiter's calls go through the proxy first, its Lock call with them.
+    let both = format!("etcd://127.0.0.1:{},{}/stuck", proxy.port, etcd.endpoint());
+    let mut holder = hold_url(&[], &direct, "echo started; read _; exit 0");
+    let mut waiter = Running::start(xlock([
+        "--stale-after",
+        "6",
+        "-w",
+        "60",
+        both.as_str(),
+        "-c",
+        "echo got",
+    ]));
+    wait_for_queue(&direct, 2);
+    // The proxy's endpoint freezes with the Lock call in flight; renewals go on
+    // through the other endpoint, and the holder lets go.
+    proxy.freeze();
+    holder.release();
+    assert!(holder.wait().success());
+    assert_eq!(waiter.line(), "got");
+    assert!(waiter.wait().success());
+}
