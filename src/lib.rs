@@ -200,7 +200,9 @@ fn execute_with<K: Kind>(
     };
     let released = held.release(report.is_verbose());
     match &released {
-        Ok(Released::Removed | Released::WasLost) => report.released(),
+        Ok(Released::Removed) => report.released(),
+        // "lock lost" was said when it was found: there was nothing left to release.
+        Ok(Released::WasLost) => {}
         Ok(Released::LeftToCommand(processes)) => report.left_to_command(processes),
         Err(_) => {}
     }

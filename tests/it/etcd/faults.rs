@@ -14,9 +14,10 @@ use super::*;
 
 /// A holder on `url` with a lease of `ttl` whose command is a shell with a child
 /// (their PIDs written to `pids`), its stderr in `log`.
+/// `-v`: what it says (and does not say: "released" after "lock lost") is checked.
 fn hold_tree(url: &str, ttl: &str, pids: &Path, log: &Path) -> Running {
     let script = format!("sleep 60 & echo $$ $! > {}; echo started; wait", pids.display());
-    let mut command = Mode::Unnamed.hold_args(&["--stale-after", ttl], Path::new(url), &script);
+    let mut command = Mode::Unnamed.hold_args(&["-v", "--stale-after", ttl], Path::new(url), &script);
     command.stderr(fs::File::create(log).unwrap());
     Mode::Unnamed.hold_command(command)
 }
