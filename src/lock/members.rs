@@ -67,21 +67,54 @@ pub(super) fn slot_name(k: u32) -> String {
     format!("slot.{k}")
 }
 
-/// The members now in `dir`, by name; `None` if there is no such directory.
-pub(super) fn list(dir: &Path) -> io::Result<Option<Vec<(OsString, Name)>>> {
+/// The members now in `dir`, by name; `None` if there is no such directory. Anything
+/// but a directory at that name (a symbolic link above all: to another LOCK's members,
+/// to /etc) is not xlock's: never followed, an error that names it (SPEC §4.1, §6).
+pub(super) fn list(dir: &Path) -> Result<Option<Vec<(OsString, Name)>>> {
+    let unreadable = |err: io::Error| cannot("read", escape::path(dir), &err);
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) => return Err(not_members_dir(dir, &meta)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(unreadable(err)),
+    }
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
+        Err(err) => return Err(unreadable(err)),
     };
     let mut members = Vec::new();
     for entry in entries {
-        let name = entry?.file_name();
+        let name = entry.map_err(unreadable)?.file_name();
         if let Some(kind) = Name::of(name.as_bytes()) {
             members.push((name, kind));
         }
     }
     Ok(Some(members))
+}
+
+/// The error of a file at the members directory's name that is not a directory.
+fn not_members_dir(dir: &Path, meta: &fs::Metadata) -> anyhow::Error {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    let what = if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a directory"
+    };
+    anyhow!(
+        "{}: it is {what}, not the directory of holders that xlock makes for --shared and --slots; \
+         xlock leaves it untouched (and never follows it). Remove it if it is a leftover, or use another LOCK path",
+        escape::path(dir)
+    )
 }
 
 /// Makes the members directory; `Ok(true)` if it was not there.
@@ -232,10 +265,7 @@ pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> R
 pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
-    for (name, kind) in list(dir)
-        .map_err(|err| cannot("read", escape::path(dir), &err))?
-        .unwrap_or_default()
-    {
+    for (name, kind) in list(dir)?.unwrap_or_default() {
         if kind != Name::Shared {
             if let Some(theirs) = read(dir, &name).map_err(|err| cannot("read", escape::path(dir), &err))? {
                 return Err(mismatch(lock, "--shared", &theirs));
@@ -305,7 +335,7 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
     let members = match list(&dir) {
         Ok(None) => return Ok(Acquired::Held(held)),
         Ok(Some(members)) => members,
-        Err(err) => return give_up(held, Err(cannot("read", escape::path(&dir), &err))),
+        Err(err) => return give_up(held, Err(err)),
     };
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
@@ -390,7 +420,7 @@ fn own_record(held: &Held) -> Result<Record> {
 /// if any.
 pub(super) fn held_by_ancestor(lock: &LockPath, inherited: &Inherited) -> Result<Option<Record>> {
     let dir = lock.members_dir();
-    let Some(members) = list(&dir).map_err(|err| cannot("read", escape::path(&dir), &err))? else {
+    let Some(members) = list(&dir)? else {
         return Ok(None);
     };
     for (name, _) in members {
@@ -426,7 +456,7 @@ pub(super) fn refuse_upgrade(lock: &LockPath, inherited: &Inherited) -> Result<(
 pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> Result<State> {
     let at_lock = inspect::inspect(lock, me, stale_after)?;
     let dir = lock.members_dir();
-    let Some(mut members) = list(&dir).map_err(|err| cannot("inspect", escape::path(&dir), &err))? else {
+    let Some(mut members) = list(&dir)? else {
         return Ok(at_lock);
     };
     members.sort_by_key(|(name, kind)| (*kind != Name::Shared, slot_of(*kind), name.clone()));

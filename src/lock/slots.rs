@@ -71,7 +71,7 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         // Slot number → its record's name, for the slots taken now.
         let mut taken = BTreeMap::new();
         if !fresh {
-            for (name, kind) in members::list(&dir).map_err(dir_error)?.unwrap_or_default() {
+            for (name, kind) in members::list(&dir)?.unwrap_or_default() {
                 match kind {
                     Name::Slot(k) if k < n => {
                         taken.insert(k, name);

@@ -416,3 +416,32 @@ fn bad_input_is_refused_and_left_as_it_was() {
     assert_eq!(fs::read_to_string(members.join("notes")).unwrap(), "mine\n");
     assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "data.lock"]);
 }
+
+/// SPEC §4.1, §6: something planted at the members directory's name that is not a
+/// directory (a symbolic link to another place above all) is never followed: every
+/// kind of lock stops with exit 125 naming it, and nothing anywhere changes.
+#[test]
+fn a_planted_members_path_is_never_followed() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let members = sandbox.path(".test.lock.xlock-members");
+    let elsewhere = sandbox.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("keep"), "mine\n").unwrap();
+    let kinds = [&["-s"][..], &["--slots", "2"][..], &[][..]];
+    std::os::unix::fs::symlink(&elsewhere, &members).unwrap();
+    for kind in kinds {
+        let out = run(Mode::Unnamed, kind, &lock, "echo ran");
+        assert_fails(&out, &[".test.lock.xlock-members", "symbolic link", "untouched"]);
+        assert_eq!(entries(&elsewhere), ["keep"], "{kind:?} wrote through the link");
+    }
+    fs::remove_file(&members).unwrap();
+    fs::write(&members, "user data\n").unwrap();
+    for kind in kinds {
+        let out = run(Mode::Unnamed, kind, &lock, "echo ran");
+        assert_fails(&out, &[".test.lock.xlock-members", "regular file"]);
+    }
+    assert_eq!(fs::read_to_string(&members).unwrap(), "user data\n");
+    assert_eq!(fs::read_to_string(elsewhere.join("keep")).unwrap(), "mine\n");
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "elsewhere"]);
+}
