@@ -219,8 +219,8 @@ pub(super) enum Look {
     /// Its kernel locks are free (or, without kernel locks, there are none to ask):
     /// the evidence table decides, in a take-over attempt.
     MayBeGone(Record),
-    /// Not an xlock record: never touched.
-    Foreign,
+    /// Not an xlock record (why): never touched.
+    Foreign(String),
 }
 
 /// A cheap look at member `path` through a read-only descriptor (which makes no
@@ -229,7 +229,7 @@ pub(super) fn look(path: &Path) -> io::Result<Look> {
     let theirs = match open_record(path)? {
         Found::Record(theirs) => theirs,
         Found::Vanished => return Ok(Look::Vacant),
-        Found::Foreign(_) => return Ok(Look::Foreign),
+        Found::Foreign(why) => return Ok(Look::Foreign(why)),
     };
     if Locking::from_env() == Locking::RecordOnly {
         return Ok(Look::MayBeGone(theirs.record));

@@ -445,3 +445,25 @@ fn a_planted_members_path_is_never_followed() {
     assert_eq!(fs::read_to_string(elsewhere.join("keep")).unwrap(), "mine\n");
     assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "elsewhere"]);
 }
+
+/// SPEC §4.1: a file that is not a lock record at a slot's name (`slot.K`) is never
+/// touched, and no one could ever free that slot: exit 125 naming it, not a wait that
+/// never ends (here bounded by `-w`: it used to run out with "busy").
+#[test]
+fn a_foreign_file_at_a_slot_is_refused_not_waited_for() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let members = sandbox.path(".test.lock.xlock-members");
+    fs::create_dir(&members).unwrap();
+    fs::write(members.join("slot.0"), "user data\n").unwrap();
+    for n in ["1", "2"] {
+        if n == "2" {
+            fs::write(members.join("slot.1"), "user data\n").unwrap();
+        }
+        let out = run(Mode::Unnamed, &["-w", "10", "--slots", n], &lock, "echo ran");
+        assert_fails(&out, &["slot.0", "not an xlock lock file"]);
+    }
+    assert_eq!(fs::read_to_string(members.join("slot.0")).unwrap(), "user data\n");
+    assert_eq!(entries(&members), ["slot.0", "slot.1"]);
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members"]);
+}
