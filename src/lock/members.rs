@@ -32,7 +32,7 @@ use super::inspect;
 use super::kernel::{command_lock_held, KernelLock};
 use super::path::LockPath;
 use super::theirs::{open_record, Found};
-use super::wait::{wait_out, Outcome};
+use super::wait::{wait_out, Outcome, POLL_FIRST};
 use super::{Acquired, Deadline, Holder, HolderState, Holding, Inherit, Request, State};
 use crate::error::{cannot, read_error};
 use crate::escape;
@@ -363,15 +363,37 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
 /// removed; `Ok(Some(..))` if the deadline or a signal ended the wait.
 fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) -> Result<Option<Acquired<Held>>> {
     let member = member_path(dir, name)?;
+    let mut every = POLL_FIRST;
     loop {
         let theirs = match open_record(&member.path).map_err(|err| read_error(member.shown(), err))? {
             Found::Record(theirs) => theirs,
             Found::Vanished | Found::Foreign(_) => return Ok(None),
         };
         let mut waited = false;
-        let outcome = wait_out(&theirs, &member, req, held.locking, &mut waited);
+        // Without kernel locks, `wait_out` watches the member's process, but a member's
+        // record may leave while its process lives on (a joiner that found LOCK taken
+        // steps back to queue at the gate, which we hold: each would wait for the
+        // other forever): wait in slices, looking at the record in between.
+        let slice = match held.locking {
+            Locking::Kernel => None,
+            Locking::RecordOnly => Some(sliced(req, every)),
+        };
+        let outcome = wait_out(
+            &theirs,
+            &member,
+            slice.as_ref().unwrap_or(req),
+            held.locking,
+            &mut waited,
+        );
+        let outcome = match outcome? {
+            Outcome::TimedOut if slice.is_some() && !req.deadline.passed() => {
+                every = (every * 2).min(POLL_MAX);
+                continue;
+            }
+            outcome => outcome,
+        };
         req.report.done_waiting();
-        match outcome? {
+        match outcome {
             Outcome::Left => return Ok(None),
             Outcome::Stale(_) => {
                 // Its kernel locks are dropped with our descriptor; then its record is
@@ -391,6 +413,27 @@ fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) 
             }
             stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => return Ok(Some(stop.into_acquired(&theirs))),
         }
+    }
+}
+
+/// Polling without kernel locks backs off up to this pause.
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// `req` with its deadline cut to at most `every` from now: a slice of a wait.
+pub(super) fn sliced<'a>(req: &Request<'a>, every: Duration) -> Request<'a> {
+    let now = std::time::Instant::now();
+    let until = now.checked_add(every);
+    let end = match (req.deadline.end(), until) {
+        (Some(end), Some(until)) => Some(end.min(until)),
+        (end, until) => end.or(until),
+    };
+    Request {
+        deadline: Deadline {
+            began: req.deadline.began,
+            end,
+        },
+        inherit: req.inherit,
+        ..step_request(req, req.report)
     }
 }
 

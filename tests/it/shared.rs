@@ -467,3 +467,45 @@ fn a_foreign_file_at_a_slot_is_refused_not_waited_for() {
     assert_eq!(entries(&members), ["slot.0", "slot.1"]);
     assert_eq!(sandbox.entries(), [".test.lock.xlock-members"]);
 }
+
+/// Without kernel locks, a writer waits out a reader through its process (a pidfd).
+/// A reader's record may leave while its process lives on: an uncontended joiner that
+/// found LOCK taken steps back to queue at the gate, which the writer holds. The
+/// writer must see the record gone and go on: it used to wait for that process to
+/// exit, and the two waited for each other forever (seen in a stress without `-v`).
+/// Played here by a record planted for a live process, then removed as a joiner does.
+#[test]
+fn a_writer_draining_without_kernel_locks_sees_a_record_leave_while_its_process_lives() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let members = sandbox.path(".test.lock.xlock-members");
+    fs::create_dir(&members).unwrap();
+    // Lives long enough for any machine (it is killed at the end); before the fix the
+    // writer got in only once it had exited, and its command's `kill -0` failed.
+    let mut reader = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = reader.id() as i32;
+    let mut record = record_of(pid);
+    record.mode = Some("shared".to_owned());
+    let member = members.join(&record.nonce);
+    record.plant(&member);
+    let writer = Mode::NoLocks
+        .xlock([&arg(&lock), "-c", "echo in"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_waiting(writer.id() as i32, &member);
+    fs::remove_file(&member).unwrap();
+    let out = writer.wait_with_output().unwrap();
+    let reader_ended = reader.try_wait().unwrap();
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in\n", "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        reader_ended, None,
+        "the writer got in only once the reader's process had ended"
+    );
+    assert_nothing_left(&sandbox, &[]);
+}
