@@ -417,7 +417,7 @@ fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) 
 }
 
 /// Polling without kernel locks backs off up to this pause.
-const POLL_MAX: Duration = Duration::from_millis(250);
+pub(super) const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// `req` with its deadline cut to at most `every` from now: a slice of a wait.
 pub(super) fn sliced<'a>(req: &Request<'a>, every: Duration) -> Request<'a> {

@@ -509,3 +509,51 @@ fn a_writer_draining_without_kernel_locks_sees_a_record_leave_while_its_process_
     );
     assert_nothing_left(&sandbox, &[]);
 }
+
+/// Without kernel locks, a shared acquirer waits for the gate (LOCK) through its
+/// holder's process; but a gate holder lives on once it has passed (it runs its
+/// command as a member), so every waiter used to queue behind the whole command of
+/// the one before it: shared holders did not overlap. The waiter must see LOCK gone
+/// and go on. Played by a record planted at LOCK for a live process, then removed as a
+/// gate holder removes it when it has passed.
+#[test]
+fn a_shared_acquirer_without_kernel_locks_passes_a_gate_whose_holder_lives_on() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    // Killed at the end; before the fix the reader got in only once it had exited.
+    let mut holder = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    record_of(holder.id() as i32).plant(&lock);
+    for kind in [&["-s"][..], &["--slots", "2"][..]] {
+        if !lock.exists() {
+            let mut record = record_of(holder.id() as i32);
+            record.mode = Some("slots".to_owned());
+            record.slots = Some(2);
+            record.plant(&lock);
+        }
+        let reader = Mode::NoLocks
+            .hold_args(kind, &lock, "echo in")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until_waiting(reader.id() as i32, &lock);
+        fs::remove_file(&lock).unwrap();
+        let out = reader.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "in\n",
+            "{kind:?}: {}",
+            stderr(&out)
+        );
+        assert!(out.status.success(), "{kind:?}: {}", stderr(&out));
+        assert_eq!(
+            holder.try_wait().unwrap(),
+            None,
+            "{kind:?} got in only once the gate's holder had ended"
+        );
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_nothing_left(&sandbox, &[]);
+}
