@@ -504,10 +504,14 @@ pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> 
     };
     members.sort_by_key(|(name, kind)| (*kind != Name::Shared, slot_of(*kind), name.clone()));
     let mut holders = Vec::new();
-    for (name, _) in members {
+    for (name, kind) in members {
         let member = member_path(&dir, &name)?;
         match inspect::inspect(&member, me, stale_after) {
             Ok(State::Holders(found)) => holders.extend(found),
+            // A slot no one can ever free: what acquirers stop at (exit 125), say it.
+            Ok(State::Foreign(why)) if matches!(kind, Name::Slot(_)) => {
+                return Ok(State::Foreign(format!("{}: {why}", escape::path(&member.path))))
+            }
             // Gone a moment ago, or not xlock's.
             Ok(State::Free | State::Foreign(_) | State::HeldByOther(..)) => {}
             Err(_) if !dir.is_dir() => {}

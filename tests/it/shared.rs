@@ -448,7 +448,8 @@ fn a_planted_members_path_is_never_followed() {
 
 /// SPEC §4.1: a file that is not a lock record at a slot's name (`slot.K`) is never
 /// touched, and no one could ever free that slot: exit 125 naming it, not a wait that
-/// never ends (here bounded by `-w`: it used to run out with "busy").
+/// never ends (here bounded by `-w`: it used to run out with "busy"), and `--status`
+/// says so (it used to say "free").
 #[test]
 fn a_foreign_file_at_a_slot_is_refused_not_waited_for() {
     let sandbox = Sandbox::new();
@@ -463,6 +464,10 @@ fn a_foreign_file_at_a_slot_is_refused_not_waited_for() {
         let out = run(Mode::Unnamed, &["-w", "10", "--slots", n], &lock, "echo ran");
         assert_fails(&out, &["slot.0", "not an xlock lock file"]);
     }
+    // `--status` says the same, rather than "free".
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(125), "{text}");
+    assert!(text.contains("slot.0") && text.contains("foreign"), "{text}");
     assert_eq!(fs::read_to_string(members.join("slot.0")).unwrap(), "user data\n");
     assert_eq!(entries(&members), ["slot.0", "slot.1"]);
     assert_eq!(sandbox.entries(), [".test.lock.xlock-members"]);
