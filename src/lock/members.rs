@@ -127,6 +127,35 @@ pub(super) fn make_dir(lock: &LockPath, dir: &Path) -> Result<bool> {
     }
 }
 
+/// Refuses, naming whose it is and what to do, to join holders whose directory this
+/// user may not add a record to (another user's, mode 0755): the error of creating
+/// the record said "use a LOCK path in a directory you can write", and LOCK's own
+/// directory may well be writable (SPEC §6: never a misleading reason).
+pub(super) fn check_writable(lock: &LockPath, dir: &Path) -> Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::MetadataExt;
+    if !matches!(
+        access(dir, AccessFlags::W_OK | AccessFlags::X_OK),
+        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)
+    ) {
+        return Ok(());
+    }
+    let who = match fs::symlink_metadata(dir).map(|meta| meta.uid()) {
+        Ok(uid) => match super::path::user_name(uid) {
+            Some(name) => format!("user {name} (uid {uid})"),
+            None => format!("uid {uid}"),
+        },
+        Err(_) => "another user".to_owned(),
+    };
+    Err(anyhow!(
+        "cannot join the holders of {}: their directory {} belongs to {who}, and this user may not add to it; \
+         users of different accounts who share a LOCK need it group-writable: run every xlock on it with umask 002, \
+         in a group-owned setgid directory (e.g. 'install -d -m 2775 -g GROUP /var/lock/myapp'), or use a LOCK of your own",
+        lock.shown(),
+        escape::path(dir)
+    ))
+}
+
 /// Which members directory is there now: its inode and birth time, to tell it from
 /// one made again after the last member to leave removed it (an inode number may be
 /// reused at once). `None` parts: not there, or no birth time on this file system.
@@ -265,7 +294,9 @@ pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> R
 pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
-    for (name, kind) in list(dir)?.unwrap_or_default() {
+    let listed = list(dir)?;
+    check_writable(lock, dir)?;
+    for (name, kind) in listed.unwrap_or_default() {
         if kind != Name::Shared {
             if let Some(theirs) = read(dir, &name).map_err(|err| cannot("read", escape::path(dir), &err))? {
                 return Err(mismatch(lock, "--shared", &theirs));

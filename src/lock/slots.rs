@@ -71,7 +71,9 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         // Slot number → its record's name, for the slots taken now.
         let mut taken = BTreeMap::new();
         if !fresh {
-            for (name, kind) in members::list(&dir)?.unwrap_or_default() {
+            let listed = members::list(&dir)?;
+            members::check_writable(lock, &dir)?;
+            for (name, kind) in listed.unwrap_or_default() {
                 match kind {
                     Name::Slot(k) if k < n => {
                         taken.insert(k, name);

@@ -562,3 +562,38 @@ fn a_shared_acquirer_without_kernel_locks_passes_a_gate_whose_holder_lives_on() 
     holder.wait().unwrap();
     assert_nothing_left(&sandbox, &[]);
 }
+
+/// SPEC §6, never a misleading reason: the holders' directory of another user (mode
+/// 0755, as xlock makes it) takes no record of this user. The error named "a directory
+/// you can write" although LOCK's directory is writable; it names whose directory it
+/// is and the remedy, and changes nothing.
+#[test]
+fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: it needs root to act as a second user (CI runs as root)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::set_permissions(sandbox.dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let lock = sandbox.lock();
+    let mut holder = hold(&["--slots", "3"], &lock, "read _; exit 0");
+    let mut reader = hold(&["-s"], &sandbox.path("s.lock"), "read _; exit 0");
+    let before = sandbox.snapshot();
+    for (kind, path) in [(&["--slots", "3"][..], &lock), (&["-s"][..], &sandbox.path("s.lock"))] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(xlock_bin())
+            .args(kind)
+            .args([&arg(path), "echo", "ran"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = assert_fails(&out, &["xlock-members", "belongs to user root (uid 0)", "umask 002"]);
+        assert!(!err.contains("a directory you can write"), "{err}");
+    }
+    assert_eq!(sandbox.snapshot(), before);
+    holder.release();
+    reader.release();
+    assert!(holder.wait().success() && reader.wait().success());
+}
