@@ -32,7 +32,7 @@ use super::inspect;
 use super::kernel::{command_lock_held, KernelLock};
 use super::path::LockPath;
 use super::theirs::{open_record, Found};
-use super::wait::{wait_out, Outcome};
+use super::wait::{wait_out, Outcome, POLL_FIRST};
 use super::{Acquired, Deadline, Holder, HolderState, Holding, Inherit, Request, State};
 use crate::error::{cannot, read_error};
 use crate::escape;
@@ -67,21 +67,54 @@ pub(super) fn slot_name(k: u32) -> String {
     format!("slot.{k}")
 }
 
-/// The members now in `dir`, by name; `None` if there is no such directory.
-pub(super) fn list(dir: &Path) -> io::Result<Option<Vec<(OsString, Name)>>> {
+/// The members now in `dir`, by name; `None` if there is no such directory. Anything
+/// but a directory at that name (a symbolic link above all: to another LOCK's members,
+/// to /etc) is not xlock's: never followed, an error that names it (SPEC §4.1, §6).
+pub(super) fn list(dir: &Path) -> Result<Option<Vec<(OsString, Name)>>> {
+    let unreadable = |err: io::Error| cannot("read", escape::path(dir), &err);
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) => return Err(not_members_dir(dir, &meta)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(unreadable(err)),
+    }
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
+        Err(err) => return Err(unreadable(err)),
     };
     let mut members = Vec::new();
     for entry in entries {
-        let name = entry?.file_name();
+        let name = entry.map_err(unreadable)?.file_name();
         if let Some(kind) = Name::of(name.as_bytes()) {
             members.push((name, kind));
         }
     }
     Ok(Some(members))
+}
+
+/// The error of a file at the members directory's name that is not a directory.
+fn not_members_dir(dir: &Path, meta: &fs::Metadata) -> anyhow::Error {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    let what = if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a directory"
+    };
+    anyhow!(
+        "{}: it is {what}, not the directory of holders that xlock makes for --shared and --slots; \
+         xlock leaves it untouched (and never follows it). Remove it if it is a leftover, or use another LOCK path",
+        escape::path(dir)
+    )
 }
 
 /// Makes the members directory; `Ok(true)` if it was not there.
@@ -92,6 +125,35 @@ pub(super) fn make_dir(lock: &LockPath, dir: &Path) -> Result<bool> {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(err) => Err(crate::error::create_error(lock.shown(), &lock.dir, err)),
     }
+}
+
+/// Refuses, naming whose it is and what to do, to join holders whose directory this
+/// user may not add a record to (another user's, mode 0755): the error of creating
+/// the record said "use a LOCK path in a directory you can write", and LOCK's own
+/// directory may well be writable (SPEC §6: never a misleading reason).
+pub(super) fn check_writable(lock: &LockPath, dir: &Path) -> Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::MetadataExt;
+    if !matches!(
+        access(dir, AccessFlags::W_OK | AccessFlags::X_OK),
+        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)
+    ) {
+        return Ok(());
+    }
+    let who = match fs::symlink_metadata(dir).map(|meta| meta.uid()) {
+        Ok(uid) => match super::path::user_name(uid) {
+            Some(name) => format!("user {name} (uid {uid})"),
+            None => format!("uid {uid}"),
+        },
+        Err(_) => "another user".to_owned(),
+    };
+    Err(anyhow!(
+        "cannot join the holders of {}: their directory {} belongs to {who}, and this user may not add to it; \
+         users of different accounts who share a LOCK need it group-writable: run every xlock on it with umask 002, \
+         in a group-owned setgid directory (e.g. 'install -d -m 2775 -g GROUP /var/lock/myapp'), or use a LOCK of your own",
+        lock.shown(),
+        escape::path(dir)
+    ))
 }
 
 /// Which members directory is there now: its inode and birth time, to tell it from
@@ -186,8 +248,8 @@ pub(super) enum Look {
     /// Its kernel locks are free (or, without kernel locks, there are none to ask):
     /// the evidence table decides, in a take-over attempt.
     MayBeGone(Record),
-    /// Not an xlock record: never touched.
-    Foreign,
+    /// Not an xlock record (why): never touched.
+    Foreign(String),
 }
 
 /// A cheap look at member `path` through a read-only descriptor (which makes no
@@ -196,7 +258,7 @@ pub(super) fn look(path: &Path) -> io::Result<Look> {
     let theirs = match open_record(path)? {
         Found::Record(theirs) => theirs,
         Found::Vanished => return Ok(Look::Vacant),
-        Found::Foreign(_) => return Ok(Look::Foreign),
+        Found::Foreign(why) => return Ok(Look::Foreign(why)),
     };
     if Locking::from_env() == Locking::RecordOnly {
         return Ok(Look::MayBeGone(theirs.record));
@@ -232,10 +294,9 @@ pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> R
 pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
-    for (name, kind) in list(dir)
-        .map_err(|err| cannot("read", escape::path(dir), &err))?
-        .unwrap_or_default()
-    {
+    let listed = list(dir)?;
+    check_writable(lock, dir)?;
+    for (name, kind) in listed.unwrap_or_default() {
         if kind != Name::Shared {
             if let Some(theirs) = read(dir, &name).map_err(|err| cannot("read", escape::path(dir), &err))? {
                 return Err(mismatch(lock, "--shared", &theirs));
@@ -305,7 +366,7 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
     let members = match list(&dir) {
         Ok(None) => return Ok(Acquired::Held(held)),
         Ok(Some(members)) => members,
-        Err(err) => return give_up(held, Err(cannot("read", escape::path(&dir), &err))),
+        Err(err) => return give_up(held, Err(err)),
     };
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
@@ -333,15 +394,37 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
 /// removed; `Ok(Some(..))` if the deadline or a signal ended the wait.
 fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) -> Result<Option<Acquired<Held>>> {
     let member = member_path(dir, name)?;
+    let mut every = POLL_FIRST;
     loop {
         let theirs = match open_record(&member.path).map_err(|err| read_error(member.shown(), err))? {
             Found::Record(theirs) => theirs,
             Found::Vanished | Found::Foreign(_) => return Ok(None),
         };
         let mut waited = false;
-        let outcome = wait_out(&theirs, &member, req, held.locking, &mut waited);
+        // Without kernel locks, `wait_out` watches the member's process, but a member's
+        // record may leave while its process lives on (a joiner that found LOCK taken
+        // steps back to queue at the gate, which we hold: each would wait for the
+        // other forever): wait in slices, looking at the record in between.
+        let slice = match held.locking {
+            Locking::Kernel => None,
+            Locking::RecordOnly => Some(sliced(req, every)),
+        };
+        let outcome = wait_out(
+            &theirs,
+            &member,
+            slice.as_ref().unwrap_or(req),
+            held.locking,
+            &mut waited,
+        );
+        let outcome = match outcome? {
+            Outcome::TimedOut if slice.is_some() && !req.deadline.passed() => {
+                every = (every * 2).min(POLL_MAX);
+                continue;
+            }
+            outcome => outcome,
+        };
         req.report.done_waiting();
-        match outcome? {
+        match outcome {
             Outcome::Left => return Ok(None),
             // Behind a stopped waiter on a released file: look at the member again.
             Outcome::Requeue => continue,
@@ -365,6 +448,27 @@ fn wait_for_member(dir: &Path, name: &OsString, req: &Request<'_>, held: &Held) 
                 return Ok(Some(stop.into_acquired(&theirs, &member)))
             }
         }
+    }
+}
+
+/// Polling without kernel locks backs off up to this pause.
+pub(super) const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// `req` with its deadline cut to at most `every` from now: a slice of a wait.
+pub(super) fn sliced<'a>(req: &Request<'a>, every: Duration) -> Request<'a> {
+    let now = std::time::Instant::now();
+    let until = now.checked_add(every);
+    let end = match (req.deadline.end(), until) {
+        (Some(end), Some(until)) => Some(end.min(until)),
+        (end, until) => end.or(until),
+    };
+    Request {
+        deadline: Deadline {
+            began: req.deadline.began,
+            end,
+        },
+        inherit: req.inherit,
+        ..step_request(req, req.report)
     }
 }
 
@@ -394,7 +498,7 @@ fn own_record(held: &Held) -> Result<Record> {
 /// if any.
 pub(super) fn held_by_ancestor(lock: &LockPath, inherited: &Inherited) -> Result<Option<Record>> {
     let dir = lock.members_dir();
-    let Some(members) = list(&dir).map_err(|err| cannot("read", escape::path(&dir), &err))? else {
+    let Some(members) = list(&dir)? else {
         return Ok(None);
     };
     for (name, _) in members {
@@ -430,15 +534,19 @@ pub(super) fn refuse_upgrade(lock: &LockPath, inherited: &Inherited) -> Result<(
 pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> Result<State> {
     let at_lock = inspect::inspect(lock, me, stale_after)?;
     let dir = lock.members_dir();
-    let Some(mut members) = list(&dir).map_err(|err| cannot("inspect", escape::path(&dir), &err))? else {
+    let Some(mut members) = list(&dir)? else {
         return Ok(at_lock);
     };
     members.sort_by_key(|(name, kind)| (*kind != Name::Shared, slot_of(*kind), name.clone()));
     let mut holders = Vec::new();
-    for (name, _) in members {
+    for (name, kind) in members {
         let member = member_path(&dir, &name)?;
         match inspect::inspect(&member, me, stale_after) {
             Ok(State::Holders(found)) => holders.extend(found),
+            // A slot no one can ever free: what acquirers stop at (exit 125), say it.
+            Ok(State::Foreign(why)) if matches!(kind, Name::Slot(_)) => {
+                return Ok(State::Foreign(format!("{}: {why}", escape::path(&member.path))))
+            }
             // Gone a moment ago, or not xlock's.
             Ok(State::Free | State::Foreign(_) | State::HeldByOther(..)) => {}
             Err(_) if !dir.is_dir() => {}

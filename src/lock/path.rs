@@ -174,7 +174,7 @@ fn has_cap_fowner() -> bool {
 
 /// The name of user `uid`, from /etc/passwd (xlock is linked statically, without NSS:
 /// users known only to LDAP and the like are shown by uid).
-fn user_name(uid: u32) -> Option<String> {
+pub(super) fn user_name(uid: u32) -> Option<String> {
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');

@@ -24,10 +24,11 @@ use super::candidate::TempFile;
 use super::claim::sweep;
 use super::file;
 use super::held::Held;
-use super::members::{self, mismatch, step_request};
+use super::members::{self, mismatch, step_request, POLL_MAX};
 use super::path::LockPath;
 use super::slots;
 use super::theirs::{open_record, Found};
+use super::wait::POLL_FIRST;
 use super::{Acquired, Holding, Kind, Released, Request, State};
 use crate::error::read_error;
 use crate::liveness::{Identity, Locking};
@@ -121,6 +122,23 @@ impl SharedLock {
         Ok(None)
     }
 
+    /// Takes the gate, LOCK. Without kernel locks a waiter watches the gate holder's
+    /// process, but a gate holder lives on after it passed (it runs its command as a
+    /// member): wait in slices, looking at LOCK in between, or every waiter would
+    /// queue behind the whole command of the one before it.
+    fn take_gate(&self, req: &Request<'_>, record: &Record) -> Result<Acquired<Held>> {
+        if Locking::from_env() == Locking::Kernel {
+            return file::acquire(&self.lock, req, record.clone());
+        }
+        let mut every = POLL_FIRST;
+        loop {
+            match file::acquire(&self.lock, &members::sliced(req, every), record.clone())? {
+                Acquired::Busy(..) if !req.deadline.passed() => every = (every * 2).min(POLL_MAX),
+                done => return Ok(done),
+            }
+        }
+    }
+
     /// Holding the gate: a share or a slot.
     fn admit(&self, req: &Request<'_>, record: &Record) -> Result<Acquired<Member>> {
         match self.slots {
@@ -193,7 +211,7 @@ impl Kind for SharedLock {
             self.check_gate(&theirs.record)?;
         }
         let step = req.report.for_step();
-        let gate = match file::acquire(&self.lock, &step_request(req, &step), record.clone())? {
+        let gate = match self.take_gate(&step_request(req, &step), &record)? {
             Acquired::Held(gate) => gate,
             Acquired::Busy(holder, command) => return Ok(Acquired::Busy(holder, command)),
             Acquired::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),

@@ -28,7 +28,7 @@ use super::path::LockPath;
 use super::shared::Member;
 use super::wait::{pause, Outcome, Paused, POLL_FIRST};
 use super::{Acquired, Holding, Request};
-use crate::error::cannot;
+use crate::error::{cannot, foreign};
 use crate::escape;
 use crate::liveness::Locking;
 use crate::record::Record;
@@ -71,7 +71,9 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
         // Slot number → its record's name, for the slots taken now.
         let mut taken = BTreeMap::new();
         if !fresh {
-            for (name, kind) in members::list(&dir).map_err(dir_error)?.unwrap_or_default() {
+            let listed = members::list(&dir)?;
+            members::check_writable(lock, &dir)?;
+            for (name, kind) in listed.unwrap_or_default() {
                 match kind {
                     Name::Slot(k) if k < n => {
                         taken.insert(k, name);
@@ -98,7 +100,9 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
             let theirs = if taken.contains_key(&k) {
                 let path = dir.join(slot_name(k));
                 match look(&path).map_err(|err| cannot("check", escape::path(&path), &err))? {
-                    Look::Foreign => continue,
+                    // Never touched, and a slot that no one could ever free: waiting for
+                    // it would hang (SPEC §4.1: exit 125 saying why).
+                    Look::Foreign(why) => return Err(foreign(escape::path(&path), &why)),
                     Look::Vacant => None,
                     Look::Alive(theirs) | Look::MayBeGone(theirs) if theirs.slots != Some(n) => {
                         return Err(mismatch(lock, &asked, &theirs))
