@@ -167,7 +167,9 @@ pub(super) fn dir_id(dir: &Path) -> DirId {
     DirId(
         fs::symlink_metadata(dir)
             .ok()
-            .filter(fs::Metadata::is_dir)
+            // A directory being removed has no links left before its name goes (ext4
+            // refuses to create in it with EPERM then): it is gone already.
+            .filter(|meta| meta.is_dir() && meta.nlink() > 0)
             .map(|meta| (meta.ino(), meta.created().ok())),
     )
 }

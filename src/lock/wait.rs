@@ -104,7 +104,16 @@ pub(super) fn wait_out(
             Verdict::Alive(_) => {}
         }
         theirs.report_waiting(req);
-        match pause(req, every, holder_exit.as_ref().map(AsFd::as_fd))? {
+        let watch = holder_exit.as_ref().map(AsFd::as_fd);
+        // Without kernel locks a holder may leave LOCK and live on (a gate released
+        // while its own command runs): look at LOCK again as it is polled, not only
+        // when the holder exits. With them, a running holder here is one that is
+        // exiting (its locks are free): its exit is the event.
+        let paused = match locking {
+            Locking::Kernel => pause(req, every, watch),
+            Locking::RecordOnly => pause_at_most(req, every, watch),
+        };
+        match paused? {
             Paused::Stop(stop) => return Ok(stop),
             // It has exited: judge again, then poll if it still counts as alive (its
             // command's tree, without kernel locks).
@@ -130,10 +139,20 @@ pub(super) enum Paused {
 /// Sleeps `every` (less if the deadline or the notice's tick comes first; with
 /// `watch`, until it is readable, if that comes first).
 pub(super) fn pause(req: &Request<'_>, every: Duration, watch: Option<BorrowedFd<'_>>) -> Result<Paused> {
+    sleep(req, if watch.is_some() { None } else { Some(every) }, watch)
+}
+
+/// Sleeps until `watch` is readable, but at most `every` (and less if the deadline or
+/// the notice's tick comes first): for a watch that may never fire although what is
+/// waited for has happened.
+fn pause_at_most(req: &Request<'_>, every: Duration, watch: Option<BorrowedFd<'_>>) -> Result<Paused> {
+    sleep(req, Some(every), watch)
+}
+
+fn sleep(req: &Request<'_>, limit: Option<Duration>, watch: Option<BorrowedFd<'_>>) -> Result<Paused> {
     if req.deadline.passed() {
         return Ok(Paused::Stop(Outcome::TimedOut));
     }
-    let limit = if watch.is_some() { None } else { Some(every) };
     Ok(match req.signals.wait(watch, next_wake(req, limit))? {
         Event::Signal(info) if signals::ends_wait(signals::number(&info)) => {
             Paused::Stop(Outcome::Interrupted(signals::number(&info)))
