@@ -221,6 +221,21 @@ pub fn process_alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Ok(Some((_, state))) if state != 'Z' && state != 'X')
 }
 
+/// The live processes (not zombies) whose command line contains `needle`.
+pub fn processes_naming(needle: &str) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle) && process_alive(pid)
+        })
+        .collect()
+}
+
 /// Waits until `cond` holds, for at most `limit`: for conditions that another process
 /// brings about in its own time (a process exiting after SIGKILL). Panics on timeout.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
@@ -598,6 +613,14 @@ pub fn run_as_victim(
     live: &std::sync::Mutex<std::collections::HashSet<i32>>,
     command: &mut Command,
 ) -> std::process::ExitStatus {
+    run_as_victim_with_pid(live, command).1
+}
+
+/// [`run_as_victim`], also saying which PID the xlock had.
+pub fn run_as_victim_with_pid(
+    live: &std::sync::Mutex<std::collections::HashSet<i32>>,
+    command: &mut Command,
+) -> (i32, std::process::ExitStatus) {
     use nix::sys::wait::{waitid, Id, WaitPidFlag};
     let mut child = {
         let mut live = live.lock().unwrap();
@@ -608,7 +631,7 @@ pub fn run_as_victim(
     let pid = Pid::from_raw(child.id() as i32);
     waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).unwrap();
     live.lock().unwrap().remove(&pid.as_raw());
-    child.wait().unwrap()
+    (pid.as_raw(), child.wait().unwrap())
 }
 
 /// Stress tests: the lines of a shared `-v` log that are none of the `expected` kinds

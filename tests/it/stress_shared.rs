@@ -37,28 +37,49 @@ enum Take {
     Slot(u32),
 }
 
-/// One section, as its command logged it: `B` (begin) and `E` (end) or `X` (killed
-/// itself right after) lines, `WORD PID NS KIND SLOT`.
+/// One section, as its command logged it: `B` (begin) and `E` (end) or `Z` (killed
+/// itself right after) lines, `WORD PID NS KIND SLOT XLOCK` (XLOCK: its xlock's PID).
 #[derive(Debug, Clone)]
 struct Section {
     pid: u32,
+    xlock: u32,
     kind: String,
     slot: Option<u32>,
     begin: u128,
     end: u128,
 }
 
-fn sections(log: &Path) -> Vec<Section> {
+/// One xlock run, as its worker saw it: when (ns since the epoch, as the log's), its
+/// PID, how it ended, and the file its stderr went to.
+#[derive(Debug, Clone)]
+struct Run {
+    xlock: i32,
+    started: u128,
+    ended: u128,
+    status: std::process::ExitStatus,
+    messages: std::path::PathBuf,
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The sections of `log`, and those that began but never ended.
+fn sections(log: &Path) -> (Vec<Section>, Vec<Section>) {
     let text = fs::read_to_string(log).unwrap_or_default();
     let mut open: Vec<Section> = Vec::new();
     let mut done = Vec::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(words.len(), 5, "torn log line {line:?}");
+        assert_eq!(words.len(), 6, "torn log line {line:?}");
         let (pid, ns): (u32, u128) = (words[1].parse().unwrap(), words[2].parse().unwrap());
         match words[0] {
             "B" => open.push(Section {
                 pid,
+                xlock: words[5].parse().unwrap(),
                 kind: words[3].to_owned(),
                 slot: words[4].parse().ok(),
                 begin: ns,
@@ -75,8 +96,58 @@ fn sections(log: &Path) -> Vec<Section> {
             }
         }
     }
-    assert!(open.is_empty(), "sections that never ended: {open:?}");
-    done
+    (done, open)
+}
+
+/// What is known of a section that never ended: the log around it, its xlock's run
+/// (by PID and time: PIDs are reused within a run), whether the killer hit that
+/// xlock, and every xlock message naming either PID.
+fn never_ended(log: &Path, section: &Section, runs: &[Run], kills: &[(i32, u128)]) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let (pid, xlock) = (section.pid.to_string(), section.xlock.to_string());
+    let names = |line: &str| line.split_whitespace().any(|w| w == pid || w == xlock);
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("B ") && l.contains(&format!(" {} ", section.begin)))
+        .unwrap_or(0);
+    let mut out = format!("{section:?}\nthe log around its B (line {at}):\n");
+    for (i, line) in lines.iter().enumerate().skip(at.saturating_sub(8)).take(24) {
+        out += &format!("  {i:6} {line}\n");
+    }
+    out += "log lines naming its PID or its xlock's:\n";
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| names(l)) {
+        out += &format!("  {i:6} {line}\n");
+    }
+    for run in runs
+        .iter()
+        .filter(|r| r.xlock as u32 == section.xlock && r.started <= section.begin && section.begin <= r.ended)
+    {
+        out += &format!(
+            "its xlock's run: {run:?}, ran {} ms, the section began {} ms in\n",
+            (run.ended - run.started) / 1_000_000,
+            (section.begin - run.started) / 1_000_000
+        );
+        out += &format!(
+            "  its messages: {:?}\n",
+            fs::read_to_string(&run.messages).unwrap_or_default()
+        );
+    }
+    for (victim, at) in kills.iter().filter(|(v, _)| *v as u32 == section.xlock) {
+        out += &format!(
+            "  the killer SIGKILLed pid {victim} at {at} ({:+} ms from the B)\n",
+            (*at as i128 - section.begin as i128) / 1_000_000
+        );
+    }
+    out += "messages naming either PID:\n";
+    for run in runs {
+        for line in fs::read_to_string(&run.messages).unwrap_or_default().lines() {
+            if line.contains(&pid) || line.contains(&xlock) {
+                out += &format!("  (xlock {} {:?}) {line}\n", run.xlock, run.status);
+            }
+        }
+    }
+    out
 }
 
 /// Checks the invariants over every moment: an exclusive section alone, at most
@@ -132,10 +203,13 @@ fn slots_under_random_kills(t: Mode) {
 
 fn stress(t: Mode, slots: Option<u32>) {
     let workers = setting("XLOCK_STRESS_WORKERS", 6);
-    let runs = setting("XLOCK_STRESS_RUNS", 30);
+    let runs_each = setting("XLOCK_STRESS_RUNS", 30);
     let sandbox = Sandbox::new();
     let (lock, log, messages) = (sandbox.path("test.lock"), sandbox.path("log"), sandbox.path("messages"));
+    fs::create_dir(&messages).unwrap();
     let live: Arc<Mutex<HashSet<i32>>> = Arc::default();
+    let runs: Arc<Mutex<Vec<Run>>> = Arc::default();
+    let killed: Arc<Mutex<Vec<(i32, u128)>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
 
@@ -143,7 +217,7 @@ fn stress(t: Mode, slots: Option<u32>) {
     // hardly any xlock gets its turn before it is killed.
     let pace = if t == Mode::NoLocks { 5 } else { 1 };
     let killer = {
-        let (live, done, kills) = (live.clone(), done.clone(), kills.clone());
+        let (live, done, kills, killed) = (live.clone(), done.clone(), kills.clone(), killed.clone());
         thread::spawn(move || {
             let mut random = Random::new();
             while !done.load(Ordering::Relaxed) {
@@ -156,6 +230,7 @@ fn stress(t: Mode, slots: Option<u32>) {
                 // Under the mutex, the victim is not reaped yet: its PID is still its own.
                 if nix::sys::signal::kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
                     kills.fetch_add(1, Ordering::Relaxed);
+                    killed.lock().unwrap().push((victim, now_ns()));
                 }
             }
         })
@@ -163,11 +238,12 @@ fn stress(t: Mode, slots: Option<u32>) {
 
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
-            let (live, lock, log, messages) = (live.clone(), lock.clone(), log.clone(), messages.clone());
+            let (live, lock, log, messages, runs) =
+                (live.clone(), lock.clone(), log.clone(), messages.clone(), runs.clone());
             thread::spawn(move || {
                 let mut random = Random(worker as u64 * 7919 + 17);
                 let mut ran = 0;
-                for _ in 0..runs {
+                for run in 0..runs_each {
                     let take = match slots {
                         Some(n) => Take::Slot(n),
                         None if random.below(3) == 0 => Take::Exclusive,
@@ -180,7 +256,7 @@ fn stress(t: Mode, slots: Option<u32>) {
                     };
                     let stamp = |word: &str| {
                         format!(
-                            "echo \"{word} $$ $(date +%s%N) {kind} ${{XLOCK_SLOT:--}}\" >> '{}'",
+                            "echo \"{word} $$ $(date +%s%N) {kind} ${{XLOCK_SLOT:--}} $PPID\" >> '{}'",
                             log.display()
                         )
                     };
@@ -209,8 +285,18 @@ fn stress(t: Mode, slots: Option<u32>) {
                         Take::Slot(n) => args.extend(["--slots".into(), n.to_string()]),
                     }
                     args.extend([lock.display().to_string(), "-c".into(), section]);
+                    let messages = messages.join(format!("{worker}.{run}"));
                     let stderr = OpenOptions::new().create(true).append(true).open(&messages).unwrap();
-                    let status = run_as_victim(&live, t.xlock(&args).stdin(Stdio::null()).stderr(stderr));
+                    let started = now_ns();
+                    let (xlock, status) =
+                        run_as_victim_with_pid(&live, t.xlock(&args).stdin(Stdio::null()).stderr(stderr));
+                    runs.lock().unwrap().push(Run {
+                        xlock,
+                        started,
+                        ended: now_ns(),
+                        status,
+                        messages: messages.clone(),
+                    });
                     // Not killed (by the killer, or with its command): it ran and exited 0.
                     if status.signal() != Some(Signal::SIGKILL as i32) {
                         if !status.success() {
@@ -231,18 +317,39 @@ fn stress(t: Mode, slots: Option<u32>) {
     done.store(true, Ordering::Relaxed);
     killer.join().unwrap();
 
-    // Commands of killed xlocks may still be in their sections: wait for every one of
-    // them, then one more xlock cleans up after the crashes (stale records, the gate).
-    // (A PID may be reused by now: it is ours while its command line names our log.)
+    // Commands of killed xlocks may still be running: a killed xlock's command goes on
+    // (it ignores the SIGTERM), and under load it may not even have logged its B yet
+    // (tens of ms after its xlock's death were seen), so the log cannot say which to
+    // wait for. Wait until no process names our log in its command line: the
+    // commands' shells, their `$(date)` subshells, and a killed xlock's child not yet
+    // exec'd, whose -c argument names it too (a reused PID does not). Then one more
+    // xlock cleans up after the crashes (stale records, the gate).
     let ours = log.display().to_string();
-    for line in fs::read_to_string(&log).unwrap_or_default().lines() {
-        let pid: i32 = line.split_whitespace().nth(1).and_then(|pid| pid.parse().ok()).unwrap();
-        wait_until(Duration::from_secs(20), "every command has ended", || {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !(process_alive(pid) && String::from_utf8_lossy(&cmdline).contains(&ours))
-        });
+    wait_until(Duration::from_secs(20), "every command has ended", || {
+        processes_naming(&ours).is_empty()
+    });
+    let waited_until = now_ns();
+    let (sections, open) = sections(&log);
+    if !open.is_empty() {
+        let (runs, killed) = (runs.lock().unwrap(), killed.lock().unwrap());
+        let about: Vec<String> = open
+            .iter()
+            .map(|s| {
+                let cmdline = fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
+                format!(
+                    "{}the test had waited for the commands until {:+} ms from its B; now its PID is {}\n",
+                    never_ended(&log, s, &runs, &killed),
+                    (waited_until as i128 - s.begin as i128) / 1_000_000,
+                    match process_alive(s.pid as i32) {
+                        true if String::from_utf8_lossy(&cmdline).contains(&ours) => "still our command",
+                        true => "another process",
+                        false => "gone",
+                    }
+                )
+            })
+            .collect();
+        panic!("sections that never ended:\n{}", about.join("\n"));
     }
-    let sections = sections(&log);
     let mut settle = vec![lock.display().to_string(), "true".into()];
     if let Some(n) = slots {
         settle.splice(0..0, ["--slots".to_owned(), n.to_string()]);
@@ -251,13 +358,22 @@ fn stress(t: Mode, slots: Option<u32>) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     check(&sections, slots);
-    let messages = fs::read_to_string(&messages).unwrap_or_default();
-    let takeovers = messages.matches("took over stale").count();
+    let takeovers: usize = runs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            fs::read_to_string(&r.messages)
+                .unwrap_or_default()
+                .matches("took over stale")
+                .count()
+        })
+        .sum();
     let kills = kills.load(Ordering::Relaxed);
     let exclusive = sections.iter().filter(|s| s.kind == "X").count();
     eprintln!(
         "{t:?} {slots:?}: {} runs, {ran} ran to the end, {kills} xlocks killed, {} sections ({exclusive} exclusive), {takeovers} stale records taken over",
-        workers * runs,
+        workers * runs_each,
         sections.len()
     );
     assert!(kills > 0, "the run injected no crash");
