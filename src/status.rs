@@ -91,13 +91,7 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             let wants = if how.is_empty() { " (exclusive)".to_owned() } else { how };
             (
                 Verdict::Held,
-                format!(
-                    "{shown}: next in line{wants}: pid {} (host {}) since {}: {}",
-                    record.pid,
-                    escape::text(&record.host),
-                    escape::text(&record.since),
-                    escape::text(&record.cmd)
-                ),
+                format!("{shown}: next in line{wants}: {}", waiter(record)),
                 Value::Object(object),
             )
         }
@@ -144,13 +138,7 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             object.insert("position".into(), (*position).into());
             (
                 Verdict::Held,
-                format!(
-                    "{shown}: waiting ({position} in line): pid {} (host {}) since {}: {}",
-                    record.pid,
-                    escape::text(&record.host),
-                    escape::text(&record.since),
-                    escape::text(&record.cmd)
-                ),
+                format!("{shown}: waiting ({position} in line): {}", waiter(record)),
                 Value::Object(object),
             )
         }
@@ -172,6 +160,17 @@ fn holder_line(shown: &str, holder: &Holder) -> (Verdict, String, Value) {
             )
         }
     }
+}
+
+/// A waiter as its line names it: the gate's holder next in line, or one in etcd's queue.
+fn waiter(record: &Record) -> String {
+    format!(
+        "pid {} (host {}) since {}: {}",
+        record.pid,
+        escape::text(&record.host),
+        escape::text(&record.since),
+        escape::text(&record.cmd)
+    )
 }
 
 fn record_object(record: &Record, state: &str) -> Map<String, Value> {
