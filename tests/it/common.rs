@@ -634,9 +634,22 @@ pub fn run_as_victim_with_pid(
     (pid.as_raw(), child.wait().unwrap())
 }
 
+/// The kinds of line that `-v` prints on a run that went well.
+pub const VERBOSE_LINES: &[&str] = &["waiting for", "acquired", "released", "took over stale"];
+
+/// Stress tests: an xlock that was not killed ran its section and exited 0; else the
+/// test fails naming its status and xlock's own errors: the lines of the shared `-v`
+/// log `messages` that are none of the `expected` kinds.
+pub fn assert_ran(status: std::process::ExitStatus, messages: &Path, expected: &[&str]) {
+    if !status.success() {
+        let errors = unexpected_lines(messages, expected);
+        panic!("an xlock that was not killed failed: {status:?}; its errors: {errors:?}");
+    }
+}
+
 /// Stress tests: the lines of a shared `-v` log that are none of the `expected` kinds
 /// (xlock's errors), for the message of a run that failed.
-pub fn unexpected_lines(log: &Path, expected: &[&str]) -> Vec<String> {
+fn unexpected_lines(log: &Path, expected: &[&str]) -> Vec<String> {
     fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
