@@ -25,8 +25,9 @@ pub(super) fn shared_and_slots(dir: &Path, xlock: &str, stamp: &str) {
             .unwrap()
     };
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-    for _ in 0..rounds {
-        for (i, (_, opts)) in kinds.iter().enumerate() {
+    for round in 0..rounds {
+        for i in rotated(kinds.len(), round) {
+            let opts = kinds[i].1;
             let lock = dir.join(format!("kinds.{i}.lock"));
             let started = Instant::now();
             assert!(run(&lock, opts, &["true"]).wait().unwrap().success());
@@ -66,8 +67,9 @@ pub(super) fn shared_and_slots(dir: &Path, xlock: &str, stamp: &str) {
     let mut busy = run(&slot_lock, &["--slots", "2"], &["sleep", "100000"]);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
     let mut discarded = 0;
-    for _ in 0..n {
-        for (i, (_, holder_opts, waiter_opts)) in pairs.iter().enumerate() {
+    for round in 0..n {
+        for i in rotated(pairs.len(), round) {
+            let (_, holder_opts, waiter_opts) = pairs[i];
             let lock = dir.join(format!("handoff-kinds.{i}.lock"));
             let (end, start) = (dir.join(format!("kinds-end.{i}")), dir.join(format!("kinds-start.{i}")));
             let _ = (fs::remove_file(&end), fs::remove_file(&start));
