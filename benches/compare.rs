@@ -163,6 +163,13 @@ fn rotated(len: usize, round: usize) -> impl Iterator<Item = usize> {
     (0..len).map(move |k| (k + round) % len)
 }
 
+/// Page faults (minor) of every child waited for so far.
+fn children_page_faults() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap()
+        .minor_page_faults()
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     samples[((samples.len() - 1) as f64 * p).round() as usize]
@@ -463,19 +470,25 @@ fn uncontended(bench: &Bench) {
     let (dir, tools) = (&bench.dir, &bench.tools);
     let rounds = setting("XLOCK_BENCH_ROUNDS", 300);
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tools.len() + 1];
+    // Page faults of each run (the tool and its `true`): the figure that code layout
+    // moves (docs/design.md, "Code layout"), and not blurred by a busy machine.
+    let mut faults: Vec<Vec<f64>> = vec![Vec::new(); tools.len() + 1];
     for round in 0..rounds {
         // The tools, and plain `true` as the last contender.
         for i in rotated(tools.len() + 1, round) {
+            let faults_before = children_page_faults();
             let Some(tool) = tools.get(i) else {
                 let started = Instant::now();
                 Command::new("true").status().unwrap();
                 samples[i].push(started.elapsed().as_secs_f64() * 1e3);
+                faults[i].push((children_page_faults() - faults_before) as f64);
                 continue;
             };
             let lock = dir.join(format!("uncontended.{i}.lock"));
             let started = Instant::now();
             let status = tool.run(&lock, &["true"]).wait().unwrap();
             samples[i].push(started.elapsed().as_secs_f64() * 1e3);
+            faults[i].push((children_page_faults() - faults_before) as f64);
             assert!(status.success(), "{} failed in round {round}", tool.name);
         }
     }
@@ -483,8 +496,8 @@ fn uncontended(bench: &Bench) {
     let index = |name: &str| tools.iter().position(|t| t.name == name);
     say!("## 1. Uncontended `TOOL LOCK true` ({rounds} runs each, interleaved)");
     say!();
-    say!("| tool | kind | median ms | p95 ms | vs flock(1) | vs lckdo |");
-    say!("|---|---|---|---|---|---|");
+    say!("| tool | kind | median ms | p95 ms | vs flock(1) | vs lckdo | page faults |");
+    say!("|---|---|---|---|---|---|---|");
     let flock = index("flock(1)").map(|i| median(i, &mut samples));
     let lckdo = index("lckdo -w").map(|i| median(i, &mut samples));
     for (i, tool) in tools.iter().enumerate() {
@@ -499,16 +512,18 @@ fn uncontended(bench: &Bench) {
             "exec (cannot release)"
         };
         say!(
-            "| {} | {kind} | {m:.2} | {p95:.2} | {} | {} |",
+            "| {} | {kind} | {m:.2} | {p95:.2} | {} | {} | {:.0} |",
             tool.name,
             ratio(flock),
-            ratio(lckdo)
+            ratio(lckdo),
+            percentile(&mut faults[i], 0.5)
         );
     }
     let plain = median(tools.len(), &mut samples);
     say!(
-        "| plain `true` | floor | {plain:.2} | {:.2} | - | - |",
-        percentile(&mut samples[tools.len()], 0.95)
+        "| plain `true` | floor | {plain:.2} | {:.2} | - | - | {:.0} |",
+        percentile(&mut samples[tools.len()], 0.95),
+        percentile(&mut faults[tools.len()], 0.5)
     );
     say!();
     // SPEC §7: xlock's overhead over plain `true` should approach the floor's.
