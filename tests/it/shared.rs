@@ -692,3 +692,41 @@ fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
     reader.release();
     assert!(holder.wait().success() && reader.wait().success());
 }
+
+/// SPEC §9: a slot waiter watches the members directory with inotify; with no inotify
+/// instance to be had (the per-user limit, here 0 in a user namespace of the waiter's
+/// own, so no other test or process is affected) it polls, and still gets its slot
+/// once the holder leaves.
+#[test]
+fn a_slot_waiter_without_inotify_polls_and_gets_its_slot() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let mut holder = Mode::Unnamed.hold(&["--slots", "1"], &lock, "read _; exit 0");
+    // The shell checks that inotify is indeed out of reach, then becomes the waiter
+    // (exec: the same PID).
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_inotify_instances || exit 90; \
+         '{py}' -c 'import ctypes, sys; sys.exit(0 if ctypes.CDLL(None).inotify_init1(0) < 0 else 91)' || exit 91; \
+         exec \"$0\" -w 20 --slots 1 '{l}' sh -c 'echo slot=$XLOCK_SLOT'",
+        py = python(),
+        l = arg(&lock)
+    );
+    let waiter = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &script])
+        .arg(xlock_bin())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    wait_until_next_in_line(waiter.id() as i32, &lock);
+    holder.release();
+    assert!(holder.wait().success());
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "slot=0\n"),
+        "90: no user namespace of its own; 91: inotify was still there; stderr: {}",
+        stderr(&out)
+    );
+    assert_nothing_left(&sandbox, &[]);
+}
