@@ -24,7 +24,7 @@ use super::{members, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
 use crate::error::{foreign, read_error};
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
-use crate::record::Record;
+use crate::record::{Mode, Record};
 
 /// The exclusive lock on the file at LOCK.
 pub struct FileLock {
@@ -51,6 +51,11 @@ impl Kind for FileLock {
         match acquire(&self.lock, req, record)? {
             // Holding LOCK, wait out the shared holders, if any (SPEC §9).
             Acquired::Held(held) => members::drain(&self.lock, req, held),
+            // Busy (-n, a timeout) behind a slot waiter at the gate: the LOCK is used
+            // with --slots, which is the kind mismatch (exit 125 naming both), not busy.
+            Acquired::Busy(Some(holder), _) if holder.mode.as_deref() == Some(Mode::SLOTS) => {
+                Err(members::mismatch(&self.lock, "an exclusive lock", &holder))
+            }
             other => Ok(other),
         }
     }

@@ -514,10 +514,15 @@ pub(super) fn held_by_ancestor(lock: &LockPath, inherited: &Inherited) -> Result
 }
 
 /// An exclusive xlock inside the command of a shared (or slot) holder of the same
-/// LOCK would wait for its own ancestor forever: exit 125 instead (SPEC §9).
+/// LOCK would wait for its own ancestor forever: exit 125 instead (SPEC §9). Inside a
+/// slot holder it is the kind mismatch, naming both kinds: there is no shared lock to
+/// upgrade (the message used to say "cannot upgrade a shared lock" of `--slots N`).
 pub(super) fn refuse_upgrade(lock: &LockPath, inherited: &Inherited) -> Result<()> {
     match held_by_ancestor(lock, inherited)? {
         None => Ok(()),
+        Some(ancestor) if ancestor.mode.as_deref() != Some(Mode::SHARED) => {
+            Err(mismatch(lock, "an exclusive lock", &ancestor))
+        }
         Some(ancestor) => Err(anyhow!(
             "cannot upgrade a shared lock to an exclusive one: an ancestor (pid {}) holds {} with {}, \
              and an exclusive xlock would wait for it forever; take the exclusive lock in place of the shared one, \

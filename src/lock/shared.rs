@@ -213,7 +213,13 @@ impl Kind for SharedLock {
         let step = req.report.for_step();
         let gate = match self.take_gate(&step_request(req, &step), &record)? {
             Acquired::Held(gate) => gate,
-            Acquired::Busy(holder, command) => return Ok(Acquired::Busy(holder, command)),
+            Acquired::Busy(holder, command) => {
+                // A holder of another kind came to the gate after the look above.
+                if let Some(holder) = &holder {
+                    self.check_gate(holder)?;
+                }
+                return Ok(Acquired::Busy(holder, command));
+            }
             Acquired::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         };
         let admitted = self.admit(req, &record);

@@ -307,6 +307,54 @@ pub fn has_open(pid: i32, ino: u64) -> bool {
     })
 }
 
+/// What still holds the files in `dir` (and its subdirectories): the lines of
+/// /proc/locks on them (flock, OFD and POSIX locks), and `pid P has PATH open` for
+/// each process (this one included) with one of them open. A process that is exiting
+/// has lost its command line (`processes_naming`) before its descriptors, and keeps
+/// its locks a moment longer than its descriptors: this sees both.
+pub fn held_in(dir: &Path) -> Vec<String> {
+    use nix::sys::stat::{major, minor};
+    fn files(dir: &Path, out: &mut Vec<(PathBuf, u64, u64)>) {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                files(&entry.path(), out);
+            } else {
+                out.push((entry.path(), meta.dev(), meta.ino()));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(dir, &mut found);
+    let ids: Vec<String> = found
+        .iter()
+        .map(|(_, dev, ino)| format!("{:02x}:{:02x}:{ino}", major(*dev), minor(*dev)))
+        .collect();
+    let mut held: Vec<String> = fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.split_whitespace().any(|field| ids.iter().any(|id| id == field)))
+        .map(|line| format!("/proc/locks: {line}"))
+        .collect();
+    for proc_entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        for fd in fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+            let Ok(meta) = fs::metadata(fd.path()) else { continue };
+            if let Some((path, ..)) = found
+                .iter()
+                .find(|(_, dev, ino)| (*dev, *ino) == (meta.dev(), meta.ino()))
+            {
+                held.push(format!("pid {pid} has {} open", path.display()));
+            }
+        }
+    }
+    held
+}
+
 /// Whether this process runs as root (some cases need to drop privileges).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -20,6 +20,7 @@ tests_in_every_mode!(
     a_waiting_writer_goes_before_later_readers,
     slots_are_never_more_than_n_and_unique,
     a_lock_is_of_one_kind,
+    every_mix_of_kinds_names_both_also_nested_and_at_the_gate,
     nonblock_timeout_signals_and_exit_codes_per_holder,
     a_crashed_holder_frees_its_share_or_slot_and_one_waiter_takes_it_over,
     a_slot_kept_by_the_command_tree_is_free_when_the_tree_ends,
@@ -257,6 +258,100 @@ fn a_lock_is_of_one_kind(t: Mode) {
     assert_fails(&out, &["held with an exclusive lock", "asked for --slots 2"]);
     exclusive.release();
     assert!(exclusive.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
+
+/// SPEC §9: mixing slots with exclusive/shared on one LOCK, or another N, is exit 125
+/// naming both kinds, whichever way the two meet. Beyond `a_lock_is_of_one_kind`:
+/// inside a holder's command (nesting), where an exclusive xlock inside a slot holder
+/// was told "cannot upgrade a shared lock" (there is none: it holds a slot), and
+/// behind a slot waiter holding the gate, where an exclusive `-n`/`-w` was told
+/// "busy" (exit 75).
+fn every_mix_of_kinds_names_both_also_nested_and_at_the_gate(t: Mode) {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let me = xlock_bin().display().to_string();
+    let l = arg(&lock);
+    let inner = |kind: &str| format!("'{me}' {kind} '{l}' echo ran; echo \"[{kind}]=$?\"");
+    // (outer kind, inner kind, what the inner one is told), one inner xlock at a time.
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (
+            &["--slots", "2"],
+            "",
+            &["held with --slots 2", "asked for an exclusive lock", "use --slots 2"],
+        ),
+        (
+            &["--slots", "2"],
+            "-s",
+            &["held with --slots 2", "asked for --shared", "use --slots 2"],
+        ),
+        (
+            &["--slots", "2"],
+            "--slots 3",
+            &["held with --slots 2", "asked for --slots 3", "use --slots 2"],
+        ),
+        (
+            &["-s"],
+            "--slots 2",
+            &["held with --shared", "asked for --slots 2", "use --shared"],
+        ),
+        (
+            &[],
+            "--slots 2",
+            &[
+                "held with an exclusive lock",
+                "asked for --slots 2",
+                "use an exclusive lock",
+            ],
+        ),
+        // Not a mix: the one refusal that is about upgrading.
+        (&["-s"], "", &["cannot upgrade a shared lock", "with --shared"]),
+    ];
+    for (outer, kind, told) in cases {
+        let out = run(t, outer, &lock, &inner(kind));
+        let said = stderr(&out);
+        assert!(out.status.success(), "{outer:?} then [{kind}]: {said}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("[{kind}]=125\n"),
+            "{outer:?} then [{kind}]: {said}"
+        );
+        for needle in *told {
+            assert!(
+                said.contains(needle),
+                "{outer:?} then [{kind}]: {needle:?} not in {said:?}"
+            );
+        }
+        assert_eq!(said.lines().count(), 1, "{outer:?} then [{kind}]: {said}");
+        if outer.first() == Some(&"--slots") {
+            assert!(!said.contains("shared lock"), "{outer:?} then [{kind}]: {said}");
+        }
+    }
+    // Behind a slot waiter, which holds the gate (LOCK) while all N slots are busy.
+    let mut slot = t.hold(&["--slots", "1"], &lock, "read _; exit 0");
+    let mut waiter = Running::start(t.hold_args(&["--slots", "1"], &lock, "echo started"));
+    wait_until_next_in_line(waiter.child.id() as i32, &lock);
+    let (nonblock, timeout) = (&["-n"][..], &["-w", "0.2"][..]);
+    for (kind, wait) in [
+        (&[][..], nonblock),
+        (&[][..], timeout),
+        (&["-s"][..], nonblock),
+        (&["--slots", "2"][..], nonblock),
+    ] {
+        let args: Vec<&str> = kind.iter().chain(wait).copied().collect();
+        let out = run(t, &args, &lock, "echo ran");
+        let asked = match kind {
+            [] => "asked for an exclusive lock",
+            ["-s"] => "asked for --shared",
+            _ => "asked for --slots 2",
+        };
+        assert_fails(&out, &["held with --slots 1", asked, "use --slots 1"]);
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    slot.release();
+    assert!(slot.wait().success());
+    assert_eq!(waiter.line(), "started");
+    assert!(waiter.wait().success());
     assert_nothing_left(&sandbox, &[]);
 }
 
@@ -596,4 +691,42 @@ fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
     holder.release();
     reader.release();
     assert!(holder.wait().success() && reader.wait().success());
+}
+
+/// SPEC §9: a slot waiter watches the members directory with inotify; with no inotify
+/// instance to be had (the per-user limit, here 0 in a user namespace of the waiter's
+/// own, so no other test or process is affected) it polls, and still gets its slot
+/// once the holder leaves.
+#[test]
+fn a_slot_waiter_without_inotify_polls_and_gets_its_slot() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let mut holder = Mode::Unnamed.hold(&["--slots", "1"], &lock, "read _; exit 0");
+    // The shell checks that inotify is indeed out of reach, then becomes the waiter
+    // (exec: the same PID).
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_inotify_instances || exit 90; \
+         '{py}' -c 'import ctypes, sys; sys.exit(0 if ctypes.CDLL(None).inotify_init1(0) < 0 else 91)' || exit 91; \
+         exec \"$0\" -w 20 --slots 1 '{l}' sh -c 'echo slot=$XLOCK_SLOT'",
+        py = python(),
+        l = arg(&lock)
+    );
+    let waiter = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &script])
+        .arg(xlock_bin())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    wait_until_next_in_line(waiter.id() as i32, &lock);
+    holder.release();
+    assert!(holder.wait().success());
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "slot=0\n"),
+        "90: no user namespace of its own; 91: inotify was still there; stderr: {}",
+        stderr(&out)
+    );
+    assert_nothing_left(&sandbox, &[]);
 }
