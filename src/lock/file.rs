@@ -162,14 +162,14 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
 /// that is stopped is found so by those behind it within a second
 /// ([`TheirFile::behind_a_stopped_waiter`]), and they go round it.
 #[derive(Default)]
-struct Queue(Vec<TheirFile>);
+pub(super) struct Queue(Vec<TheirFile>);
 
 impl Queue {
     /// A bound on the descriptors kept: beyond it, the oldest file is let go (its
     /// next waiter wakes and queues on the file at LOCK).
     const MAX: usize = 16;
 
-    fn keep(&mut self, released: TheirFile) {
+    pub(super) fn keep(&mut self, released: TheirFile) {
         if self.0.len() == Self::MAX {
             self.0.remove(0);
         }

@@ -22,13 +22,13 @@ use nix::sys::inotify::Inotify;
 
 use super::candidate::TempFile;
 use super::claim::sweep;
-use super::file;
+use super::file::{self, Queue};
 use super::held::Held;
 use super::members::{self, mismatch, step_request, POLL_MAX};
 use super::path::LockPath;
 use super::slots;
 use super::theirs::{open_record, Found};
-use super::wait::POLL_FIRST;
+use super::wait::{wait_out, Outcome, POLL_FIRST};
 use super::{Acquired, Holding, Kind, Released, Request, State};
 use crate::error::read_error;
 use crate::liveness::{Identity, Locking};
@@ -195,22 +195,55 @@ impl Kind for SharedLock {
             .into(),
         );
         record.slots = self.slots;
-        if let Some(member) = self.join_at_once(req, &record)? {
-            // The gate's acquire sweeps orphans next to LOCK where a crash can leave
-            // them untraced (named temp files, no kernel locks); joining without it
-            // must do the same, or an orphan of a killed gate taker stays forever.
-            let locking = Locking::from_env();
-            if TempFile::from_env() == TempFile::Named || locking == Locking::RecordOnly {
-                sweep(&self.lock, req, locking);
-            }
-            req.report.acquired(None);
-            return Ok(Acquired::Held(member));
-        }
-        // A LOCK of another kind: say so at once rather than after waiting for it.
-        if let Found::Record(theirs) = open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
-            self.check_gate(&theirs.record)?;
-        }
         let step = req.report.for_step();
+        let locking = Locking::from_env();
+        // Released files of LOCK whose process lock we won, as `file::acquire` keeps
+        // them: the waiters behind us sleep on until we hold or stop.
+        let mut queue = Queue::default();
+        let mut waited = false;
+        loop {
+            if let Some(member) = self.join_at_once(req, &record)? {
+                // The gate's acquire sweeps orphans next to LOCK where a crash can leave
+                // them untraced (named temp files, no kernel locks); joining without it
+                // must do the same, or an orphan of a killed gate taker stays forever.
+                if TempFile::from_env() == TempFile::Named || locking == Locking::RecordOnly {
+                    sweep(&self.lock, req, locking);
+                }
+                let waited = waited || step.has_waited();
+                req.report.acquired(waited.then(|| started.elapsed()));
+                // The released files' last close evicts them (0.1 ms and more): once the
+                // command has started; the waiters behind us on them wake then, to
+                // queue on LOCK, which they would have found free or taken anyway.
+                let mut member = member;
+                member.queue = Cell::new(Some(queue));
+                return Ok(Acquired::Held(member));
+            }
+            let theirs = match open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
+                Found::Record(theirs) => theirs,
+                Found::Vanished | Found::Foreign(_) => break,
+            };
+            // A LOCK of another kind: say so at once rather than after waiting for it.
+            self.check_gate(&theirs.record)?;
+            // An exclusive holder (or a writer waiting out the readers) ends with no
+            // one left: wait for it on its kernel locks, as at the gate, then join
+            // without the gate, as on an idle LOCK (`join_at_once`): a hand-off from
+            // an exclusive holder then costs the exclusive lock's, plus the members
+            // directory. A gate passer (a moment) or a slot waiter: queue at the gate.
+            if theirs.record.mode.is_some() || locking != Locking::Kernel {
+                break;
+            }
+            let step_req = step_request(req, &step);
+            let outcome = wait_out(&theirs, &self.lock, &step_req, locking, &mut waited);
+            step.done_waiting();
+            match outcome? {
+                Outcome::Left => queue.keep(theirs),
+                Outcome::Requeue => {}
+                // Crashed: the gate's acquire takes it over (we let go of its locks).
+                Outcome::Stale(_) => break,
+                Outcome::TimedOut => return Ok(Outcome::TimedOut.into_acquired(&theirs, &self.lock)),
+                Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
+            }
+        }
         let gate = match self.take_gate(&step_request(req, &step), &record)? {
             Acquired::Held(gate) => gate,
             Acquired::Busy(holder, command) => return Ok(Acquired::Busy(holder, command)),
@@ -221,9 +254,10 @@ impl Kind for SharedLock {
             members::remove_dir_if_empty(&self.lock.members_dir());
         }
         let released = gate.release(false);
+        drop(queue);
         match (admitted, released) {
             (Ok(Acquired::Held(member)), Ok(_)) => {
-                let waited = step.has_waited() || req.report.has_waited();
+                let waited = waited || step.has_waited() || req.report.has_waited();
                 req.report.acquired(waited.then(|| started.elapsed()));
                 Ok(Acquired::Held(member))
             }
@@ -269,6 +303,9 @@ pub struct Member {
     slot: Option<u32>,
     /// The slot waiter's inotify instance, closed once the command has started.
     closing: Cell<Option<Inotify>>,
+    /// Released files of LOCK that a shared waiter won (`SharedLock::acquire`),
+    /// closed once the command has started.
+    queue: Cell<Option<Queue>>,
 }
 
 impl Member {
@@ -280,6 +317,7 @@ impl Member {
             dir: lock.members_dir(),
             slot,
             closing: Cell::new(None),
+            queue: Cell::new(None),
         }
     }
 
@@ -309,6 +347,7 @@ impl Guard for Member {
             // If the thread cannot be had, close it here: slow, not wrong.
             let _ = std::thread::Builder::new().spawn(move || drop(watch));
         }
+        drop(self.queue.take());
         self.held.next_check()
     }
 
@@ -334,6 +373,7 @@ impl Holding for Member {
     /// the command's tree), then removes the members directory if it was the last.
     /// Never takes the gate.
     fn release(self, name_them: bool) -> Result<Released> {
+        drop(self.queue.take());
         let released = self.held.release(name_them);
         members::remove_dir_if_empty(&self.dir);
         released
