@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use nix::sys::inotify::Inotify;
 
-use super::candidate::TempFile;
+use super::candidate::{Candidate, TempFile};
 use super::claim::sweep;
 use super::file::{self, Queue};
 use super::held::Held;
@@ -29,7 +29,7 @@ use super::path::LockPath;
 use super::slots;
 use super::theirs::{open_record, Found};
 use super::wait::{wait_out, Outcome, POLL_FIRST};
-use super::{Acquired, Holding, Kind, Released, Request, State};
+use super::{Acquired, Deadline, Holding, Kind, Released, Request, State};
 use crate::error::read_error;
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
@@ -86,7 +86,9 @@ impl SharedLock {
     /// before it looks at the members, so if LOCK is still absent once our record is
     /// in place, the writer's look will find it and wait for us. If LOCK is there (a
     /// writer, or an acquirer next in line), leave again and queue at the gate.
-    fn join_at_once(&self, req: &Request<'_>, record: &Record) -> Result<Option<Member>> {
+    ///
+    /// `made`: our member file, made while we waited (`prepare`), used up here.
+    fn join_at_once(&self, req: &Request<'_>, record: &Record, made: &mut Option<Candidate>) -> Result<Option<Member>> {
         let dir = self.lock.members_dir();
         if !members::make_dir(&self.lock, &dir)? {
             return Ok(None);
@@ -103,7 +105,31 @@ impl SharedLock {
         let mut ours = record.clone();
         ours.slot = slot;
         let before = members::dir_id(&dir);
-        let held = match members::try_take(&members::member_path(&dir, &name)?, &step_req, &ours) {
+        let path = members::member_path(&dir, &name)?;
+        let taken = match made.take() {
+            Some(mut made) => {
+                ours.since = file::now();
+                // At once, as `members::try_take`: we just made the directory.
+                let now = Request {
+                    deadline: Deadline::after(Some(Duration::ZERO)),
+                    inherit: req.inherit,
+                    ..step_request(req, &step)
+                };
+                let joined = made.rewrite(&path, &ours).and_then(|()| {
+                    Ok(
+                        match file::acquire_with(&path, &now, ours.clone(), made, Instant::now())? {
+                            Acquired::Held(held) => Some(held),
+                            Acquired::Busy(..) | Acquired::Interrupted(_) => None,
+                        },
+                    )
+                });
+                // It cannot be linked there (another file system mounted at the
+                // members directory: EXDEV): a file of its own, as on an idle LOCK.
+                joined.or_else(|_| members::try_take(&path, &step_req, &ours))
+            }
+            None => members::try_take(&path, &step_req, &ours),
+        };
+        let held = match taken {
             Ok(Some(held)) => held,
             // Another acquirer came first, or the directory went again: the gate.
             Ok(None) => return Ok(None),
@@ -120,6 +146,19 @@ impl SharedLock {
         }
         member.release(false)?;
         Ok(None)
+    }
+
+    /// Our member file, made before we wait for an exclusive holder, as the exclusive
+    /// waiter makes its own: an unnamed file (O_TMPFILE) in LOCK's directory, linked
+    /// into the members directory once we join (which does not exist while we wait).
+    /// `None` (join as on an idle LOCK) for slots, or where it would get a name.
+    fn prepare(&self, req: &Request<'_>, record: &Record) -> Option<Candidate> {
+        if self.slots.is_some() || TempFile::from_env() == TempFile::Named {
+            return None;
+        }
+        Candidate::create(&self.lock, record, req.inherit, TempFile::Unnamed)
+            .ok()
+            .filter(|made| made.temp.as_ref().is_none() && made.locking == Locking::Kernel)
     }
 
     /// Takes the gate, LOCK. Without kernel locks a waiter watches the gate holder's
@@ -201,8 +240,9 @@ impl Kind for SharedLock {
         // them: the waiters behind us sleep on until we hold or stop.
         let mut queue = Queue::default();
         let mut waited = false;
+        let mut made = None;
         loop {
-            if let Some(member) = self.join_at_once(req, &record)? {
+            if let Some(member) = self.join_at_once(req, &record, &mut made)? {
                 // The gate's acquire sweeps orphans next to LOCK where a crash can leave
                 // them untraced (named temp files, no kernel locks); joining without it
                 // must do the same, or an orphan of a killed gate taker stays forever.
@@ -233,6 +273,9 @@ impl Kind for SharedLock {
                 break;
             }
             let step_req = step_request(req, &step);
+            if made.is_none() {
+                made = self.prepare(req, &record);
+            }
             let outcome = wait_out(&theirs, &self.lock, &step_req, locking, &mut waited);
             step.done_waiting();
             match outcome? {
