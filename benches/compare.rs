@@ -37,7 +37,8 @@
 //! shared among the M processes, default 800), XLOCK_BENCH_THROUGHPUT_M (default
 //! `1,4,16,64`), XLOCK_BENCH_ETCD_ROUNDS (default 50), XLOCK_BENCH_BASELINE (another
 //! xlock binary, measured beside this one as "xlock (baseline)": a before/after
-//! comparison in one run).
+//! comparison in one run), XLOCK_BENCH_XLOCK (another xlock binary measured in place
+//! of this build: sections without a baseline column, such as 6, run once per build).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -316,7 +317,8 @@ fn main() {
     let sections = Sections::from_env();
     let dir = work_dir();
     let stamp = build_stamp(&dir);
-    let xlock = env!("CARGO_BIN_EXE_xlock");
+    let other = std::env::var("XLOCK_BENCH_XLOCK").ok();
+    let xlock = other.as_deref().unwrap_or(env!("CARGO_BIN_EXE_xlock"));
     let dynamic_xlock = if sections.all() { build_dynamic_xlock() } else { None };
     let floor = build_floor(&dir);
 

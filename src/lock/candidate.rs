@@ -270,6 +270,7 @@ impl Candidate {
             beat_every: stale_after / 3,
             last_beat: Cell::new(std::time::Instant::now()),
             locking: self.locking,
+            tidy: std::cell::RefCell::new(None),
         };
         let ours = match held.is_ours() {
             Ok(ours) => ours,

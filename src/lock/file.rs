@@ -79,9 +79,22 @@ impl Kind for FileLock {
 /// locks and slots (`shared.rs`, `members.rs`).
 pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) -> Result<Acquired<Held>> {
     let started = Instant::now();
-    let temp = TempFile::from_env();
     record.since = now();
-    let mut ours = Candidate::create(lock, &record, req.inherit, temp)?;
+    let ours = Candidate::create(lock, &record, req.inherit, TempFile::from_env())?;
+    acquire_with(lock, req, record, ours, started)
+}
+
+/// [`acquire`] with our file made beforehand (`record` is in it): an unnamed one may
+/// have been made in another directory of the same file system (a shared waiter's
+/// member record, made in LOCK's directory before it waits, `shared.rs`).
+pub(super) fn acquire_with(
+    lock: &LockPath,
+    req: &Request<'_>,
+    mut record: Record,
+    mut ours: Candidate,
+    started: Instant,
+) -> Result<Acquired<Held>> {
+    let temp = TempFile::from_env();
     if ours.locking == Locking::RecordOnly {
         req.report.no_kernel_locks(&lock.dir, NO_KERNEL_LOCKS_ENV);
     }
@@ -167,14 +180,14 @@ pub(super) fn acquire(lock: &LockPath, req: &Request<'_>, mut record: Record) ->
 /// that is stopped is found so by those behind it within a second
 /// ([`TheirFile::behind_a_stopped_waiter`]), and they go round it.
 #[derive(Default)]
-struct Queue(Vec<TheirFile>);
+pub(super) struct Queue(Vec<TheirFile>);
 
 impl Queue {
     /// A bound on the descriptors kept: beyond it, the oldest file is let go (its
     /// next waiter wakes and queues on the file at LOCK).
     const MAX: usize = 16;
 
-    fn keep(&mut self, released: TheirFile) {
+    pub(super) fn keep(&mut self, released: TheirFile) {
         if self.0.len() == Self::MAX {
             self.0.remove(0);
         }

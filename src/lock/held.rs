@@ -12,7 +12,7 @@
 //! description any more, and nobody can get it again (it is only ever inherited), so
 //! the answer cannot go stale: unlink. Held: leave the lock to the tree.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 
 use super::kernel::command_lock_held;
+use super::members::Drained;
 use super::path::{is_at, FileId, LockPath};
 use super::{Holding, Processes, Released};
 use crate::error::{cannot, lost_at_release, lost_while_running};
@@ -50,6 +51,8 @@ pub struct Held {
     /// Kernel locks, or (without) the record and /proc: how release finds out whether
     /// the command's tree still holds the lock.
     pub(super) locking: Locking,
+    /// What a writer's drain (SPEC §9) leaves to do once the command has started.
+    pub(super) tidy: RefCell<Option<Drained>>,
 }
 
 impl Held {
@@ -103,8 +106,20 @@ impl Held {
     }
 }
 
+impl Held {
+    /// Finishes what the drain left (`Drained`), once the command has started or
+    /// at the latest at release.
+    pub(super) fn tidy(&self) {
+        if let Some(drained) = self.tidy.borrow_mut().take() {
+            drained.finish();
+        }
+    }
+}
+
 impl Guard for Held {
     fn next_check(&self) -> Option<Instant> {
+        // Asked first right after the spawn: the command has started.
+        self.tidy();
         if self.lost.get() {
             return None;
         }
@@ -142,6 +157,8 @@ impl Holding for Held {
     /// one has, leave the lock to them. A lock that is no longer ours is left alone,
     /// and that is an error.
     fn release(mut self, name_them: bool) -> Result<Released> {
+        // Before LOCK goes (the command may not have started at all).
+        self.tidy();
         if self.lost.get() {
             return Ok(Released::WasLost); // said when it was found lost
         }

@@ -20,16 +20,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use nix::sys::inotify::Inotify;
 
-use super::candidate::TempFile;
+use super::candidate::{Candidate, TempFile};
 use super::claim::sweep;
-use super::file;
+use super::file::{self, Queue};
 use super::held::Held;
 use super::members::{self, mismatch, step_request, POLL_MAX};
 use super::path::LockPath;
 use super::slots;
 use super::theirs::{open_record, Found};
-use super::wait::POLL_FIRST;
-use super::{Acquired, Holding, Kind, Released, Request, State};
+use super::wait::{wait_out, Outcome, POLL_FIRST};
+use super::{Acquired, Deadline, Holding, Kind, Released, Request, State};
 use crate::error::read_error;
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
@@ -86,7 +86,9 @@ impl SharedLock {
     /// before it looks at the members, so if LOCK is still absent once our record is
     /// in place, the writer's look will find it and wait for us. If LOCK is there (a
     /// writer, or an acquirer next in line), leave again and queue at the gate.
-    fn join_at_once(&self, req: &Request<'_>, record: &Record) -> Result<Option<Member>> {
+    ///
+    /// `made`: our member file, made while we waited (`prepare`), used up here.
+    fn join_at_once(&self, req: &Request<'_>, record: &Record, made: &mut Option<Candidate>) -> Result<Option<Member>> {
         let dir = self.lock.members_dir();
         if !members::make_dir(&self.lock, &dir)? {
             return Ok(None);
@@ -103,7 +105,31 @@ impl SharedLock {
         let mut ours = record.clone();
         ours.slot = slot;
         let before = members::dir_id(&dir);
-        let held = match members::try_take(&members::member_path(&dir, &name)?, &step_req, &ours) {
+        let path = members::member_path(&dir, &name)?;
+        let taken = match made.take() {
+            Some(mut made) => {
+                ours.since = file::now();
+                // At once, as `members::try_take`: we just made the directory.
+                let now = Request {
+                    deadline: Deadline::after(Some(Duration::ZERO)),
+                    inherit: req.inherit,
+                    ..step_request(req, &step)
+                };
+                let joined = made.rewrite(&path, &ours).and_then(|()| {
+                    Ok(
+                        match file::acquire_with(&path, &now, ours.clone(), made, Instant::now())? {
+                            Acquired::Held(held) => Some(held),
+                            Acquired::Busy(..) | Acquired::Interrupted(_) => None,
+                        },
+                    )
+                });
+                // It cannot be linked there (another file system mounted at the
+                // members directory: EXDEV): a file of its own, as on an idle LOCK.
+                joined.or_else(|_| members::try_take(&path, &step_req, &ours))
+            }
+            None => members::try_take(&path, &step_req, &ours),
+        };
+        let held = match taken {
             Ok(Some(held)) => held,
             // Another acquirer came first, or the directory went again: the gate.
             Ok(None) => return Ok(None),
@@ -120,6 +146,19 @@ impl SharedLock {
         }
         member.release(false)?;
         Ok(None)
+    }
+
+    /// Our member file, made before we wait for an exclusive holder, as the exclusive
+    /// waiter makes its own: an unnamed file (O_TMPFILE) in LOCK's directory, linked
+    /// into the members directory once we join (which does not exist while we wait).
+    /// `None` (join as on an idle LOCK) for slots, or where it would get a name.
+    fn prepare(&self, req: &Request<'_>, record: &Record) -> Option<Candidate> {
+        if self.slots.is_some() || TempFile::from_env() == TempFile::Named {
+            return None;
+        }
+        Candidate::create(&self.lock, record, req.inherit, TempFile::Unnamed)
+            .ok()
+            .filter(|made| made.temp.as_ref().is_none() && made.locking == Locking::Kernel)
     }
 
     /// Takes the gate, LOCK. Without kernel locks a waiter watches the gate holder's
@@ -195,22 +234,59 @@ impl Kind for SharedLock {
             .into(),
         );
         record.slots = self.slots;
-        if let Some(member) = self.join_at_once(req, &record)? {
-            // The gate's acquire sweeps orphans next to LOCK where a crash can leave
-            // them untraced (named temp files, no kernel locks); joining without it
-            // must do the same, or an orphan of a killed gate taker stays forever.
-            let locking = Locking::from_env();
-            if TempFile::from_env() == TempFile::Named || locking == Locking::RecordOnly {
-                sweep(&self.lock, req, locking);
-            }
-            req.report.acquired(None);
-            return Ok(Acquired::Held(member));
-        }
-        // A LOCK of another kind: say so at once rather than after waiting for it.
-        if let Found::Record(theirs) = open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
-            self.check_gate(&theirs.record)?;
-        }
         let step = req.report.for_step();
+        let locking = Locking::from_env();
+        // Released files of LOCK whose process lock we won, as `file::acquire` keeps
+        // them: the waiters behind us sleep on until we hold or stop.
+        let mut queue = Queue::default();
+        let mut waited = false;
+        let mut made = None;
+        loop {
+            if let Some(member) = self.join_at_once(req, &record, &mut made)? {
+                // The gate's acquire sweeps orphans next to LOCK where a crash can leave
+                // them untraced (named temp files, no kernel locks); joining without it
+                // must do the same, or an orphan of a killed gate taker stays forever.
+                if TempFile::from_env() == TempFile::Named || locking == Locking::RecordOnly {
+                    sweep(&self.lock, req, locking);
+                }
+                let waited = waited || step.has_waited();
+                req.report.acquired(waited.then(|| started.elapsed()));
+                // The released files' last close evicts them (0.1 ms and more): once the
+                // command has started; the waiters behind us on them wake then, to
+                // queue on LOCK, which they would have found free or taken anyway.
+                let mut member = member;
+                member.queue = Cell::new(Some(queue));
+                return Ok(Acquired::Held(member));
+            }
+            let theirs = match open_record(&self.lock.path).map_err(|err| read_error(self.lock.shown(), err))? {
+                Found::Record(theirs) => theirs,
+                Found::Vanished | Found::Foreign(_) => break,
+            };
+            // A LOCK of another kind: say so at once rather than after waiting for it.
+            self.check_gate(&theirs.record)?;
+            // An exclusive holder (or a writer waiting out the readers) ends with no
+            // one left: wait for it on its kernel locks, as at the gate, then join
+            // without the gate, as on an idle LOCK (`join_at_once`): a hand-off from
+            // an exclusive holder then costs the exclusive lock's, plus the members
+            // directory. A gate passer (a moment) or a slot waiter: queue at the gate.
+            if theirs.record.mode.is_some() || locking != Locking::Kernel {
+                break;
+            }
+            let step_req = step_request(req, &step);
+            if made.is_none() {
+                made = self.prepare(req, &record);
+            }
+            let outcome = wait_out(&theirs, &self.lock, &step_req, locking, &mut waited);
+            step.done_waiting();
+            match outcome? {
+                Outcome::Left => queue.keep(theirs),
+                Outcome::Requeue => {}
+                // Crashed: the gate's acquire takes it over (we let go of its locks).
+                Outcome::Stale(_) => break,
+                Outcome::TimedOut => return Ok(Outcome::TimedOut.into_acquired(&theirs, &self.lock)),
+                Outcome::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
+            }
+        }
         let gate = match self.take_gate(&step_request(req, &step), &record)? {
             Acquired::Held(gate) => gate,
             Acquired::Busy(holder, command) => {
@@ -227,9 +303,10 @@ impl Kind for SharedLock {
             members::remove_dir_if_empty(&self.lock.members_dir());
         }
         let released = gate.release(false);
+        drop(queue);
         match (admitted, released) {
             (Ok(Acquired::Held(member)), Ok(_)) => {
-                let waited = step.has_waited() || req.report.has_waited();
+                let waited = waited || step.has_waited() || req.report.has_waited();
                 req.report.acquired(waited.then(|| started.elapsed()));
                 Ok(Acquired::Held(member))
             }
@@ -275,6 +352,9 @@ pub struct Member {
     slot: Option<u32>,
     /// The slot waiter's inotify instance, closed once the command has started.
     closing: Cell<Option<Inotify>>,
+    /// Released files of LOCK that a shared waiter won (`SharedLock::acquire`),
+    /// closed once the command has started.
+    queue: Cell<Option<Queue>>,
 }
 
 impl Member {
@@ -286,6 +366,7 @@ impl Member {
             dir: lock.members_dir(),
             slot,
             closing: Cell::new(None),
+            queue: Cell::new(None),
         }
     }
 
@@ -315,6 +396,7 @@ impl Guard for Member {
             // If the thread cannot be had, close it here: slow, not wrong.
             let _ = std::thread::Builder::new().spawn(move || drop(watch));
         }
+        drop(self.queue.take());
         self.held.next_check()
     }
 
@@ -340,6 +422,7 @@ impl Holding for Member {
     /// the command's tree), then removes the members directory if it was the last.
     /// Never takes the gate.
     fn release(self, name_them: bool) -> Result<Released> {
+        drop(self.queue.take());
         let released = self.held.release(name_them);
         members::remove_dir_if_empty(&self.dir);
         released

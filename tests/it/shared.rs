@@ -18,6 +18,7 @@ tests_in_every_mode!(
     shared_holders_overlap_and_status_lists_each,
     an_exclusive_holder_excludes_shared_ones_both_ways,
     a_waiting_writer_goes_before_later_readers,
+    readers_and_a_writer_queued_behind_an_exclusive_holder_never_overlap,
     slots_are_never_more_than_n_and_unique,
     a_lock_is_of_one_kind,
     every_mix_of_kinds_names_both_also_nested_and_at_the_gate,
@@ -185,6 +186,65 @@ fn a_waiting_writer_goes_before_later_readers(t: Mode) {
     assert_eq!(words, ["R1E", "WB", "WE", "R2B", "R2B"], "{stamps:?}");
     assert!(at("R1E") <= at("WB") && at("WE") <= at("R2B"), "{stamps:?}");
     assert_nothing_left(&sandbox, &["log"]);
+}
+
+/// Readers that waited for an exclusive holder join without the gate once it has
+/// left, racing a writer that waited for it too (whichever the kernel wakes first):
+/// the writer's command never overlaps a reader's, told by the commands' own
+/// timestamps, and nothing is left behind.
+fn readers_and_a_writer_queued_behind_an_exclusive_holder_never_overlap(t: Mode) {
+    let sandbox = Sandbox::new();
+    let (lock, log) = (sandbox.lock(), sandbox.path("log"));
+    let work = |word: &str| {
+        format!(
+            "{}; sleep 0.05; {}",
+            stamp(&format!("{word}B"), &log),
+            stamp(&format!("{word}E"), &log)
+        )
+    };
+    for round in 0..3 {
+        let mut holder = t.hold(&[], &lock, "read _; exit 0");
+        let mut waiters: Vec<Child> = Vec::new();
+        for i in 0..4 {
+            // The writer comes second, third... in turn: woken in any order.
+            let writer = i == round + 1;
+            let (extra, script): (&[&str], String) = if writer { (&[], work("W")) } else { (&["-s"], work("R")) };
+            let child = t.hold_args(extra, &lock, &script).stdin(Stdio::null()).spawn().unwrap();
+            wait_until_waiting(child.id() as i32, &lock);
+            waiters.push(child);
+        }
+        holder.release();
+        assert!(holder.wait().success());
+        for waiter in waiters {
+            let out = waiter.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        assert_nothing_left(&sandbox, &["log"]);
+    }
+    let stamps = read_stamps(&log);
+    assert_eq!(stamps.len(), 3 * 4 * 2, "{stamps:?}");
+    let window = |pid: u32| {
+        let at = |word: char| {
+            stamps
+                .iter()
+                .find(|s| s.pid == pid && s.word.ends_with(word))
+                .unwrap()
+                .ns
+        };
+        (at('B'), at('E'))
+    };
+    for writer in stamps.iter().filter(|s| s.word == "WB") {
+        let (wb, we) = window(writer.pid);
+        for reader in stamps.iter().filter(|s| s.word == "RB") {
+            let (rb, re) = window(reader.pid);
+            assert!(
+                re <= wb || we <= rb,
+                "writer {} overlaps reader {}: {stamps:?}",
+                writer.pid,
+                reader.pid
+            );
+        }
+    }
 }
 
 fn slot_of(holder: &mut Running) -> u32 {
