@@ -294,7 +294,13 @@ fn background_process_after_normal_exit_keeps_the_lock(t: Mode) {
     let sandbox = Sandbox::new();
     let (lock, pidfile) = (sandbox.lock(), sandbox.path("bg.pid"));
     let l = lock.to_str().unwrap();
-    let script = format!("sleep 30 >/dev/null 2>&1 & echo $! > '{}'; exit 3", pidfile.display());
+    // The shell exits only once its background child has exec'd sleep: until then the
+    // child is a copy of the shell, and xlock's message would rightly name it "sh".
+    let script = format!(
+        "sleep 30 >/dev/null 2>&1 & echo $! > '{}'; \
+         until read -r name < /proc/$!/comm && [ \"$name\" = sleep ]; do :; done; exit 3",
+        pidfile.display()
+    );
     let out = t.xlock(["-v", l, "sh", "-c", &script]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
