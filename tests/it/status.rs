@@ -104,7 +104,13 @@ fn status_of_a_stale_lock() {
 fn status_names_the_command_tree_of_a_dead_holder() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let mut holder = Mode::Unnamed.hold_script(&[], &lock, "sleep 30 & echo started; echo $!; read _");
+    // Named once it has exec'd sleep (until then it is a copy of the shell).
+    let mut holder = Mode::Unnamed.hold_script(
+        &[],
+        &lock,
+        "sleep 30 & until read -r n < /proc/$!/comm && [ \"$n\" = sleep ]; do :; done; \
+         echo started; echo $!; read _",
+    );
     let background: i32 = holder.line().parse().unwrap();
     holder.kill(Signal::SIGKILL);
     holder.wait();
