@@ -790,3 +790,73 @@ fn a_slot_waiter_without_inotify_polls_and_gets_its_slot() {
     );
     assert_nothing_left(&sandbox, &[]);
 }
+
+/// SPEC §9 ("crash of any holder frees its slot at once"): a slot waiter sleeps until a
+/// member changes, then looks at the slots again. A dying holder's last descriptor
+/// raises IN_CLOSE_WRITE *before* the kernel drops the locks it carries (`__fput`:
+/// fsnotify_close, then locks_remove_file), so a waiter that looks at once may find
+/// the lock still held, and nothing wakes it when the lock goes. That moment is a few
+/// microseconds; here it is widened with a process that holds the dead holder's flock
+/// through a read-only descriptor (as `--status` does for a moment), whose close
+/// raises only IN_CLOSE_NOWRITE, which the waiter does not watch. The waiter must get
+/// the slot as soon as that lock goes, not at its -w.
+#[test]
+fn a_slot_waiter_wakes_when_a_lock_outlives_the_last_close_event() {
+    use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
+    use nix::libc;
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let slot = sandbox.path(".test.lock.xlock-members/slot.0");
+    // The command ignores the SIGTERM it gets when its xlock dies, and keeps the slot's
+    // command lock until its stdin is closed.
+    let mut holder = Mode::Unnamed.hold_script(&["--slots", "1"], &lock, "trap '' TERM; echo started; read _");
+    let waiter = Mode::Unnamed
+        .hold_args(&["-w", "10", "--slots", "1"], &lock, "echo slot=$XLOCK_SLOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_next_in_line(waiter.id() as i32, &lock);
+    // The prober queues for the holder's process lock, read-only.
+    let probe = fs::File::open(&slot).unwrap();
+    let query = fs::File::open(&slot).unwrap();
+    let prober = std::thread::spawn(move || Flock::lock(probe, FlockArg::LockExclusive).map_err(|(_, err)| err));
+    // The holder's xlock dies (IN_CLOSE_WRITE; its flock goes, to the prober); then its
+    // command's tree ends (IN_CLOSE_WRITE; the command lock goes).
+    holder.kill(nix::sys::signal::Signal::SIGKILL);
+    holder.wait();
+    holder.release();
+    let probe = prober.join().unwrap().expect("flock");
+    let command_lock_held = || {
+        let mut ask = libc::flock {
+            l_type: libc::F_RDLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 1,
+            l_len: 1,
+            l_pid: 0,
+        };
+        fcntl(&query, FcntlArg::F_OFD_GETLK(&mut ask)).unwrap();
+        ask.l_type != libc::F_UNLCK as i16
+    };
+    wait_until(LIMIT, "the holder's command tree has ended", || !command_lock_held());
+    // Widening, not waiting for an outcome: the waiter has long looked again after the
+    // tree's last close (microseconds) and found the flock held (the prober's).
+    std::thread::sleep(Duration::from_millis(300));
+    let released = std::time::Instant::now();
+    drop(probe);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "slot=0\n"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the waiter got the slot {took:?} after its lock went"
+    );
+    drop(query);
+    assert_nothing_left(&sandbox, &[]);
+}
