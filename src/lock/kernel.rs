@@ -31,7 +31,7 @@ use crate::signals::Wake;
 /// The byte that the command lock covers. The process lock is a flock(2), which on
 /// local file systems never conflicts with byte-range locks; on NFS, which emulates
 /// flock with byte-range locks, the separate byte keeps them apart.
-const COMMAND_BYTE: i64 = 1;
+pub(super) const COMMAND_BYTE: i64 = 1;
 
 /// Takes (or with `wait`, waits for) a lock of `kind` (F_RDLCK or F_WRLCK) on the
 /// command byte. `Ok(false)`: held by someone else.

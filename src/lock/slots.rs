@@ -43,6 +43,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::kernel::COMMAND_BYTE;
 use super::members::{self, look, mismatch, slot_name, step_request, try_take, Look, Name};
 use super::path::LockPath;
 use super::shared::Member;
@@ -262,7 +263,7 @@ impl Sentry {
         let command_byte = libc::flock {
             l_type: libc::F_RDLCK as i16,
             l_whence: libc::SEEK_SET as i16,
-            l_start: 1, // kernel.rs's COMMAND_BYTE
+            l_start: COMMAND_BYTE,
             l_len: 1,
             l_pid: 0,
         };
