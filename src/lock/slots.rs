@@ -78,6 +78,8 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
     let mut every = if kernel { Duration::from_millis(1) } else { POLL_FIRST };
     // Busy slot → the sentry on its file; `can_guard` false once one could not be had.
     let mut sentries: BTreeMap<u32, Sentry> = BTreeMap::new();
+    // Sentries killed but not yet reaped (dropped: reaped).
+    let mut dying: Vec<Sentry> = Vec::new();
     let mut can_guard = true;
     let dir_error = |err: std::io::Error| cannot("read", escape::path(&dir), &err);
     loop {
@@ -145,9 +147,18 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
             } else {
                 None
             };
-            // Not held now: its sentry (which may hold its locks for a moment) ends
-            // first, so that it cannot stand in the way of the take-over.
-            sentries.remove(&k);
+            // Not held now. A sentry on a file still there may hold its locks for a
+            // moment: it ends first, so that it cannot stand in the way of the
+            // take-over. One on a file that went (a release) holds nothing in the
+            // way: killed, and reaped later, off the way to the command.
+            if let Some(sentry) = sentries.remove(&k) {
+                if taken.contains_key(&k) {
+                    drop(sentry);
+                } else {
+                    sentry.kill();
+                    dying.push(sentry);
+                }
+            }
             attempted |= theirs.is_some();
             let mut ours = record.clone();
             ours.slot = Some(k);
@@ -179,12 +190,16 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
             // Closing an inotify instance waits for the kernel's SRCU grace period
             // (fsnotify_destroy_group; 5–20 ms measured under load): not before the
             // command has started.
-            member.close_after_start(watch.take());
+            // The other sentries guard slots that are not ours: killed now, reaped
+            // once the command has started.
+            dying.extend(std::mem::take(&mut sentries).into_values().inspect(Sentry::kill));
+            member.close_after_start(watch.take(), dying);
             return Ok(Acquired::Held(member));
         }
         if restart {
             continue;
         }
+        dying.clear(); // reaped: we wait anyway
         if let Some(theirs) = &busy {
             req.report.waiting(theirs, Vec::new);
         }
@@ -237,7 +252,7 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
 /// and its locks are dropped (do_exit: exit_files and the deferred fput before
 /// exit_notify), so the waiter's next look cannot find the sentry in the way. Dropped:
 /// killed and reaped.
-struct Sentry {
+pub(super) struct Sentry {
     pid: Pid,
     /// The slot's file that it waits on (device, inode).
     id: (u64, u64),
@@ -295,6 +310,16 @@ impl Sentry {
         };
         self.reaped = true;
         Some(ended)
+    }
+}
+
+impl Sentry {
+    /// Sends it SIGKILL, without waiting for it to die (dropping it waits).
+    pub(super) fn kill(&self) {
+        if !self.reaped {
+            // Our own unreaped child: its PID cannot have been reused.
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
     }
 }
 
