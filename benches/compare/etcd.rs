@@ -74,7 +74,7 @@ pub(super) fn etcd_round_trip(dir: &Path) {
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     for round in 0..rounds {
-        for i in rotated(runs.len(), round) {
+        for i in shuffled(runs.len(), round) {
             let (name, argv) = &runs[i];
             let started = Instant::now();
             let status = Command::new(argv[0])

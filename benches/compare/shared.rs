@@ -26,7 +26,7 @@ pub(super) fn shared_and_slots(dir: &Path, xlock: &str, stamp: &str) {
     };
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     for round in 0..rounds {
-        for i in rotated(kinds.len(), round) {
+        for i in shuffled(kinds.len(), round) {
             let opts = kinds[i].1;
             let lock = dir.join(format!("kinds.{i}.lock"));
             let started = Instant::now();
@@ -68,7 +68,7 @@ pub(super) fn shared_and_slots(dir: &Path, xlock: &str, stamp: &str) {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
     let mut discarded = 0;
     for round in 0..n {
-        for i in rotated(pairs.len(), round) {
+        for i in shuffled(pairs.len(), round) {
             let (_, holder_opts, waiter_opts) = pairs[i];
             let lock = dir.join(format!("handoff-kinds.{i}.lock"));
             let (end, start) = (dir.join(format!("kinds-end.{i}")), dir.join(format!("kinds-start.{i}")));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 
-use super::{percentile, rotated, setting, Bench, Tool, FLOOR};
+use super::{percentile, setting, shuffled, Bench, Tool, FLOOR};
 
 /// The tools measured under contention: xlock (static; its baseline if given), the
 /// fork-and-wait peers that block on a kernel lock, and the floor. The others poll
@@ -109,7 +109,7 @@ pub(super) fn throughput(bench: &Bench) {
     let mut figures: Vec<Vec<Vec<Figure>>> = vec![vec![Vec::new(); tools.len()]; counts.len()];
     for round in 0..rounds {
         for (c, &procs) in counts.iter().enumerate() {
-            for t in rotated(tools.len(), round) {
+            for t in shuffled(tools.len(), round) {
                 let tool = &tools[t];
                 let lock = bench.dir.join(format!("throughput.{t}.lock"));
                 figures[c][t].push(measure(tool, &lock, procs, runs_each(procs), cap));
