@@ -146,6 +146,13 @@ enum Holder {
     Unknown,
 }
 
+/// Whether the record's own process (its xlock) is known to have ended: a flock on
+/// its file may then be a waiter's, kept while the command's tree holds the command
+/// lock (SPEC §4.5), not the holder's.
+pub(crate) fn holder_gone(record: &Record, me: &Identity) -> bool {
+    matches!(holder_process(record, me), Ok(Holder::Gone))
+}
+
 /// Judges the record's process from this process's point of view.
 fn holder_process(record: &Record, me: &Identity) -> io::Result<Holder> {
     if record.boot != me.boot || record.pidns != me.pidns {

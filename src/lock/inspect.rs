@@ -2,7 +2,8 @@
 //! the command tree of one that died), stale, or foreign, changing nothing.
 //!
 //! It may hold a dead holder's flock for a moment (there is no other way to ask), and
-//! only asks about the command lock (F_OFD_GETLK).
+//! only asks about the command lock (F_OFD_GETLK). A busy flock whose recorded xlock
+//! has ended is a waiter's: the command lock and the record decide then.
 
 use std::io;
 use std::time::Duration;
@@ -40,7 +41,11 @@ pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> 
     let mut locking = Locking::from_env();
     if locking == Locking::Kernel {
         match KernelLock::Process.take(&theirs.file, false) {
-            Ok(false) => return Ok(held(Vec::new())),
+            // Busy: the holder's flock, unless its xlock has ended; then it is a
+            // waiter's (the exclusive waiter's, a slot waiter's sentry), which got it
+            // and now waits for the command lock that the command's tree keeps.
+            Ok(false) if !liveness::holder_gone(&theirs.record, me) => return Ok(held(Vec::new())),
+            Ok(false) => {}
             Ok(true) => {}
             Err(err) if locks_unsupported(&err) => locking = Locking::RecordOnly,
             Err(err) => return Err(lock_error(err)),

@@ -131,6 +131,61 @@ fn status_names_the_command_tree_of_a_dead_holder() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(background), Signal::SIGKILL);
 }
 
+/// A waiter behind such a lock gets the dead xlock's flock and waits for the command
+/// lock; `--status` must still say that the xlock has ended and name the tree (it
+/// said "held by" the dead xlock while a waiter, or a slot waiter's sentry, had it).
+#[test]
+fn status_of_a_dead_holders_tree_is_the_same_with_a_waiter_behind_it() {
+    for kind in [&[][..], &["--slots", "1"][..]] {
+        let sandbox = Sandbox::new();
+        let lock = sandbox.lock();
+        let mut holder = Mode::Unnamed.hold_script(
+            kind,
+            &lock,
+            "trap '' TERM; sleep 30 & until read -r n < /proc/$!/comm && [ \"$n\" = sleep ]; do :; done; \
+             echo started; echo $!; read _",
+        );
+        let background: i32 = holder.line().parse().unwrap();
+        holder.kill(Signal::SIGKILL);
+        holder.wait();
+        let mut waiter = Mode::Unnamed
+            .xlock(kind.iter().copied().chain([lock.to_str().unwrap(), "true"]))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The waiter (or its sentry, a child of it) has the dead xlock's flock.
+        let flocked_by_waiter = || {
+            let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+            let pids = [waiter.id() as i32].into_iter().chain(children_of(waiter.id() as i32));
+            pids.into_iter().any(|pid| {
+                locks
+                    .lines()
+                    .any(|l| l.contains("FLOCK") && l.split_whitespace().nth(4) == Some(&pid.to_string()))
+            })
+        };
+        wait_until(Duration::from_secs(10), "the waiter has the flock", flocked_by_waiter);
+        let out = status(&[lock.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("that xlock has ended, but processes of its command still hold the lock"),
+            "{kind:?}: {text}"
+        );
+        assert!(text.contains(&format!("pid {background} (sleep)")), "{kind:?}: {text}");
+        let object = &json_lines(&status(&["--json", lock.to_str().unwrap()]))[0];
+        assert_eq!(object["holder_alive"], false, "{kind:?}: {object}");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(background), Signal::SIGKILL);
+        assert!(waiter.wait().unwrap().success(), "{kind:?}");
+    }
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 #[test]
 fn status_of_foreign_files_and_missing_directories_is_an_error() {
     let sandbox = Sandbox::new();
