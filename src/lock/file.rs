@@ -185,7 +185,7 @@ pub(super) struct Queue(Vec<TheirFile>);
 impl Queue {
     /// A bound on the descriptors kept: beyond it, the oldest file is let go (its
     /// next waiter wakes and queues on the file at LOCK).
-    const MAX: usize = 16;
+    pub(super) const MAX: usize = 16;
 
     pub(super) fn keep(&mut self, released: TheirFile) {
         if self.0.len() == Self::MAX {

@@ -104,9 +104,7 @@ impl Held {
             Locking::RecordOnly => Ok(Some(writers()).filter(|writers| !writers.is_empty())),
         }
     }
-}
 
-impl Held {
     /// Finishes what the drain left (`Drained`), once the command has started or
     /// at the latest at release.
     pub(super) fn tidy(&self) {

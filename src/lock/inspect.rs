@@ -45,8 +45,7 @@ pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> 
             // waiter's (the exclusive waiter's, a slot waiter's sentry), which got it
             // and now waits for the command lock that the command's tree keeps.
             Ok(false) if !liveness::holder_gone(&theirs.record, me) => return Ok(held(Vec::new())),
-            Ok(false) => {}
-            Ok(true) => {}
+            Ok(_) => {}
             Err(err) if locks_unsupported(&err) => locking = Locking::RecordOnly,
             Err(err) => return Err(lock_error(err)),
         }

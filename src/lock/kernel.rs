@@ -31,18 +31,23 @@ use crate::signals::Wake;
 /// The byte that the command lock covers. The process lock is a flock(2), which on
 /// local file systems never conflicts with byte-range locks; on NFS, which emulates
 /// flock with byte-range locks, the separate byte keeps them apart.
-pub(super) const COMMAND_BYTE: i64 = 1;
+const COMMAND_BYTE: i64 = 1;
 
-/// Takes (or with `wait`, waits for) a lock of `kind` (F_RDLCK or F_WRLCK) on the
-/// command byte. `Ok(false)`: held by someone else.
-pub(super) fn set_command_lock(fd: BorrowedFd<'_>, kind: i16, wait: bool) -> io::Result<bool> {
-    let lock = libc::flock {
+/// A lock of `kind` (F_RDLCK or F_WRLCK) on the command byte, for fcntl(2).
+pub(super) fn command_byte(kind: i16) -> libc::flock {
+    libc::flock {
         l_type: kind,
         l_whence: libc::SEEK_SET as i16,
         l_start: COMMAND_BYTE,
         l_len: 1,
         l_pid: 0,
-    };
+    }
+}
+
+/// Takes (or with `wait`, waits for) a lock of `kind` (F_RDLCK or F_WRLCK) on the
+/// command byte. `Ok(false)`: held by someone else.
+pub(super) fn set_command_lock(fd: BorrowedFd<'_>, kind: i16, wait: bool) -> io::Result<bool> {
+    let lock = command_byte(kind);
     let arg = if wait {
         FcntlArg::F_OFD_SETLKW(&lock)
     } else {
@@ -57,13 +62,7 @@ pub(super) fn set_command_lock(fd: BorrowedFd<'_>, kind: i16, wait: bool) -> io:
 
 /// Whether someone holds the command lock on this file (asked, not taken).
 pub(super) fn command_lock_held(file: &File) -> io::Result<bool> {
-    let mut query = libc::flock {
-        l_type: libc::F_RDLCK as i16,
-        l_whence: libc::SEEK_SET as i16,
-        l_start: COMMAND_BYTE,
-        l_len: 1,
-        l_pid: 0,
-    };
+    let mut query = command_byte(libc::F_RDLCK as i16);
     fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut query))?;
     Ok(query.l_type != libc::F_UNLCK as i16)
 }

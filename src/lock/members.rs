@@ -466,8 +466,9 @@ fn wait_for_member(
         req.report.done_waiting();
         match outcome {
             Outcome::Left => {
-                // Bounded: with many readers, the first few hold most of the gain.
-                if left.len() < 16 {
+                // Bounded as a waiter's queue of released files: with many readers,
+                // the first few hold most of the gain.
+                if left.len() < file::Queue::MAX {
                     left.push(theirs.file);
                 }
                 return Ok(None);

@@ -396,6 +396,13 @@ impl Member {
         self.closing = Cell::new(watch);
         self.sentries = Cell::new(sentries);
     }
+
+    /// Closes the released files of LOCK we kept and reaps our sentries: once the
+    /// command has started, or at release if it never did.
+    fn let_go(&self) {
+        drop(self.queue.take());
+        drop(self.sentries.take());
+    }
 }
 
 impl Guard for Member {
@@ -404,8 +411,7 @@ impl Guard for Member {
             // If the thread cannot be had, close it here: slow, not wrong.
             let _ = std::thread::Builder::new().spawn(move || drop(watch));
         }
-        drop(self.queue.take());
-        drop(self.sentries.take());
+        self.let_go();
         self.held.next_check()
     }
 
@@ -431,8 +437,7 @@ impl Holding for Member {
     /// the command's tree), then removes the members directory if it was the last.
     /// Never takes the gate.
     fn release(self, name_them: bool) -> Result<Released> {
-        drop(self.queue.take());
-        drop(self.sentries.take());
+        self.let_go();
         let released = self.held.release(name_them);
         members::remove_dir_if_empty(&self.dir);
         released

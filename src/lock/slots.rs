@@ -26,7 +26,8 @@
 //! and exits once it has had them. Its exit comes after its own locks are dropped
 //! (exit_files before exit_notify), and wakes the waiter through SIGCHLD, which the
 //! waiter's signalfd reads anyway. No polling, and no thread: a sentry is ended with
-//! SIGKILL, race-free, before the waiter goes on.
+//! SIGKILL, race-free, and reaped before a take-over of its slot, or once the command
+//! has started (`Member`) when the waiter has its slot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -43,7 +44,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::kernel::COMMAND_BYTE;
+use super::kernel::command_byte;
 use super::members::{self, look, mismatch, slot_name, step_request, try_take, Look, Name};
 use super::path::LockPath;
 use super::shared::Member;
@@ -275,13 +276,7 @@ impl Sentry {
         let meta = file.metadata()?;
         let fd = file.as_raw_fd();
         let parent = nix::unistd::getpid().as_raw();
-        let command_byte = libc::flock {
-            l_type: libc::F_RDLCK as i16,
-            l_whence: libc::SEEK_SET as i16,
-            l_start: COMMAND_BYTE,
-            l_len: 1,
-            l_pid: 0,
-        };
+        let command_byte = command_byte(libc::F_RDLCK as i16);
         // SAFETY: fork(2). The child runs only `watch` (async-signal-safe system calls
         // on values made before the fork, then _exit), so that it is sound even if
         // another thread of ours held a lock of the allocator or of std at the fork.
@@ -311,9 +306,7 @@ impl Sentry {
         self.reaped = true;
         Some(ended)
     }
-}
 
-impl Sentry {
     /// Sends it SIGKILL, without waiting for it to die (dropping it waits).
     pub(super) fn kill(&self) {
         if !self.reaped {
@@ -326,8 +319,7 @@ impl Sentry {
 impl Drop for Sentry {
     fn drop(&mut self) {
         if !self.reaped {
-            // Our own unreaped child: its PID cannot have been reused.
-            let _ = kill(self.pid, Signal::SIGKILL);
+            self.kill();
             while let Err(nix::errno::Errno::EINTR) = waitpid(self.pid, None) {}
         }
     }
