@@ -307,13 +307,49 @@ pub fn has_open(pid: i32, ino: u64) -> bool {
     })
 }
 
+/// A file as /proc/locks names it: `MAJOR:MINOR:INODE`, in hex but for the inode.
+fn proc_locks_id(dev: u64, ino: u64) -> String {
+    use nix::sys::stat::{major, minor};
+    format!("{:02x}:{:02x}:{ino}", major(dev), minor(dev))
+}
+
+/// The file at `path`: (device as /proc/locks writes it, inode).
+pub fn file_key(path: &Path) -> (String, u64) {
+    let meta = fs::metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    (proc_locks_id(meta.dev(), meta.ino()), meta.ino())
+}
+
+/// The PIDs that hold (not wait for) a flock on the file `key`, from /proc/locks.
+pub fn flock_holders(key: &str) -> Vec<i32> {
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            // "3: FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF"; a waiter's line has
+            // "->" before FLOCK.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&key))
+                .then(|| fields[4].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The children of process `pid` (none if it is gone).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// What still holds the files in `dir` (and its subdirectories): the lines of
 /// /proc/locks on them (flock, OFD and POSIX locks), and `pid P has PATH open` for
 /// each process (this one included) with one of them open. A process that is exiting
 /// has lost its command line (`processes_naming`) before its descriptors, and keeps
 /// its locks a moment longer than its descriptors: this sees both.
 pub fn held_in(dir: &Path) -> Vec<String> {
-    use nix::sys::stat::{major, minor};
     fn files(dir: &Path, out: &mut Vec<(PathBuf, u64, u64)>) {
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
             let Ok(meta) = fs::symlink_metadata(entry.path()) else {
@@ -328,10 +364,7 @@ pub fn held_in(dir: &Path) -> Vec<String> {
     }
     let mut found = Vec::new();
     files(dir, &mut found);
-    let ids: Vec<String> = found
-        .iter()
-        .map(|(_, dev, ino)| format!("{:02x}:{:02x}:{ino}", major(*dev), minor(*dev)))
-        .collect();
+    let ids: Vec<String> = found.iter().map(|(_, dev, ino)| proc_locks_id(*dev, *ino)).collect();
     let mut held: Vec<String> = fs::read_to_string("/proc/locks")
         .unwrap_or_default()
         .lines()

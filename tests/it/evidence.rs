@@ -406,11 +406,3 @@ fn boot_time() -> SystemTime {
         .unwrap();
     SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
 }
-
-fn children_of(pid: i32) -> Vec<i32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap()
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect()
-}

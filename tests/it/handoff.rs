@@ -6,7 +6,6 @@
 //! no-locks mode polls); O_TMPFILE and named temp files.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,30 +42,6 @@ fn a_killed_queued_waiter_and_a_killed_holder_stall_nobody_unnamed_tmpfile() {
 #[test]
 fn a_killed_queued_waiter_and_a_killed_holder_stall_nobody_named_temp() {
     a_killed_queued_waiter_and_a_killed_holder_stall_nobody(Mode::Named);
-}
-
-/// The file at `path`: (device as /proc/locks writes it, inode).
-fn file_key(path: &Path) -> (String, u64) {
-    let meta = fs::metadata(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    let dev = meta.dev();
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    (format!("{major:02x}:{minor:02x}:{}", meta.ino()), meta.ino())
-}
-
-/// The PIDs that hold (not wait for) a flock on the file `key`, from /proc/locks.
-fn flock_holders(key: &str) -> Vec<i32> {
-    fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            // "3: FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF"; a waiter's line has
-            // "->" before FLOCK.
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&key))
-                .then(|| fields[4].parse().ok())
-                .flatten()
-        })
-        .collect()
 }
 
 /// Waiters started one after another on the lock at `lock` (held), each queued on

@@ -154,14 +154,16 @@ fn status_of_a_dead_holders_tree_is_the_same_with_a_waiter_behind_it() {
             .spawn()
             .unwrap();
         // The waiter (or its sentry, a child of it) has the dead xlock's flock.
+        let file = if kind.is_empty() {
+            lock.clone()
+        } else {
+            sandbox.path(".test.lock.xlock-members/slot.0")
+        };
+        let (key, _) = file_key(&file);
         let flocked_by_waiter = || {
-            let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
-            let pids = [waiter.id() as i32].into_iter().chain(children_of(waiter.id() as i32));
-            pids.into_iter().any(|pid| {
-                locks
-                    .lines()
-                    .any(|l| l.contains("FLOCK") && l.split_whitespace().nth(4) == Some(&pid.to_string()))
-            })
+            let waiters = [waiter.id() as i32].into_iter().chain(children_of(waiter.id() as i32));
+            let holders = flock_holders(&key);
+            waiters.into_iter().any(|pid| holders.contains(&pid))
         };
         wait_until(Duration::from_secs(10), "the waiter has the flock", flocked_by_waiter);
         let out = status(&[lock.to_str().unwrap()]);
@@ -176,14 +178,6 @@ fn status_of_a_dead_holders_tree_is_the_same_with_a_waiter_behind_it() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(background), Signal::SIGKILL);
         assert!(waiter.wait().unwrap().success(), "{kind:?}");
     }
-}
-
-fn children_of(pid: i32) -> Vec<i32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 #[test]
