@@ -88,8 +88,8 @@ pub fn takeover_refused(lock: impl Display, why: &str) -> anyhow::Error {
 pub fn name_too_long(lock: impl Display, len: usize, extra: usize, name_max: usize) -> anyhow::Error {
     anyhow!(
         "cannot use {lock} as LOCK: its file name is {len} bytes long, and xlock allows at most {}, because \
-         to take the lock over after a crash it makes files named .NAME.<nonce>-<n>.xlock-claim next to it \
-         ({extra} bytes more), which must fit the file system's limit of {name_max} bytes; use a shorter file name",
+         to take the lock over after a crash it makes files next to it whose names are up to {extra} bytes longer \
+         (..NAME.xlock-solo.<nonce>-<n>.xlock-claim), which must fit the file system's limit of {name_max} bytes; use a shorter file name",
         name_max - extra
     )
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
-use super::candidate::TempFile;
+use super::candidate::{Candidate, TempFile};
 use super::claim;
 use super::file;
 use super::held::Held;
@@ -185,8 +185,20 @@ pub(super) fn went(dir: &Path, before: &DirId) -> bool {
 
 /// Removes the members directory if it is empty (another member, or a temp file of
 /// one that is joining, keeps it). Never waits: a releasing reader must not queue.
+///
+/// The directory is held open across the `rmdir`: the last reference to a removed
+/// directory evicts its inode, which on ext4 frees its block (with the `discard` mount
+/// option, a synchronous discard: 150 µs measured), and `rmdir` would do that while
+/// it holds LOCK's directory locked, stalling every lookup, link and unlink there (the
+/// next holder's among them). Closed here, after `rmdir`, the eviction locks nothing.
 pub(super) fn remove_dir_if_empty(dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dir);
     let _ = fs::remove_dir(dir);
+    drop(open);
 }
 
 /// The kind a record says its holder took, as the messages name it.
@@ -292,6 +304,45 @@ pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> R
     })
 }
 
+/// Our member file made ahead, while we wait, as the exclusive waiter makes its own:
+/// an unnamed file (O_TMPFILE) in LOCK's directory, linked at a member's name once we
+/// join ([`take_prepared`]). `None` (made when we join) where it would get a name, or
+/// without kernel locks.
+pub(super) fn prepare(lock: &LockPath, req: &Request<'_>, record: &Record) -> Option<Candidate> {
+    if TempFile::from_env() == TempFile::Named {
+        return None;
+    }
+    Candidate::create(lock, record, req.inherit, TempFile::Unnamed)
+        .ok()
+        .filter(|made| made.temp.as_ref().is_none() && made.locking == Locking::Kernel)
+}
+
+/// Takes member `path` at once with the file `made` ahead ([`prepare`]), holding
+/// `record` (its time is now); `Ok(None)` if its holder is alive. A file that cannot be
+/// linked there (another file system mounted at the members directory: EXDEV) is let
+/// go, and a file of its own made, as [`try_take`] does.
+pub(super) fn take_prepared(
+    path: &LockPath,
+    req: &Request<'_>,
+    mut record: Record,
+    mut made: Candidate,
+) -> Result<Option<Held>> {
+    let now = Request {
+        deadline: Deadline::after(Some(Duration::ZERO)),
+        inherit: req.inherit,
+        ..step_request(req, req.report)
+    };
+    record.since = file::now();
+    let taken = made
+        .rewrite(path, &record)
+        .and_then(|()| file::acquire_with(path, &now, record.clone(), made, std::time::Instant::now()));
+    match taken {
+        Ok(Acquired::Held(held)) => Ok(Some(held)),
+        Ok(Acquired::Busy(..) | Acquired::Interrupted(_)) => Ok(None),
+        Err(_) => try_take(path, req, &record),
+    }
+}
+
 /// Removes the records of shared members whose holders are gone (a crash), holding
 /// the gate, so that nothing is left behind; a live member is not waited for.
 pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
@@ -365,17 +416,40 @@ fn member_of_side_file(rest: &[u8]) -> Option<&[u8]> {
 /// On a timeout or a signal, LOCK is released again; a LOCK used with `--slots` is an
 /// error.
 pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Acquired<Held>> {
-    let dir = lock.members_dir();
-    let members = match list(&dir) {
-        Ok(None) => return Ok(Acquired::Held(held)),
-        Ok(Some(members)) => members,
-        Err(err) => return give_up(held, Err(err)),
-    };
     let step = req.report.for_step();
     let step_req = step_request(req, &step);
     let mut took_over = false;
     // The members' files we waited on, closed once the command has started.
     let mut left = Vec::new();
+    let solo = lock.solo();
+    let waited = match open_record(&solo.path) {
+        Ok(Found::Vanished | Found::Foreign(_)) => Ok(None),
+        Ok(Found::Record(theirs)) if theirs.record.mode.as_deref() != Some(Mode::SHARED) => {
+            Err(mismatch(lock, "an exclusive lock", &theirs.record))
+        }
+        Ok(Found::Record(_)) => wait_for_member(&solo, None, &step_req, &held, &mut took_over, &mut left),
+        Err(err) => Err(read_error(solo.shown(), err)),
+    };
+    match waited {
+        Ok(None) => {}
+        Ok(Some(stop)) => return give_up(held, Ok(stop)),
+        Err(err) => return give_up(held, Err(err)),
+    }
+    if took_over || TempFile::from_env() == TempFile::Named || held.locking == Locking::RecordOnly {
+        claim::sweep(&solo, &step_req, held.locking);
+    }
+    let dir = lock.members_dir();
+    let members = match list(&dir) {
+        Ok(None) => {
+            if !left.is_empty() {
+                *held.tidy.borrow_mut() = Some(Drained { dir: None, files: left });
+            }
+            return Ok(Acquired::Held(held));
+        }
+        Ok(Some(members)) => members,
+        Err(err) => return give_up(held, Err(err)),
+    };
+    took_over = false;
     for (name, kind) in members {
         let outcome = match kind {
             Name::Slot(_) => match read(&dir, &name) {
@@ -383,7 +457,10 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
                 Ok(None) => continue,
                 Err(err) => Err(cannot("read", escape::path(&dir), &err)),
             },
-            Name::Shared => wait_for_member(&dir, &name, &step_req, &held, &mut took_over, &mut left),
+            Name::Shared => match member_path(&dir, &name) {
+                Ok(member) => wait_for_member(&member, Some(&dir), &step_req, &held, &mut took_over, &mut left),
+                Err(err) => Err(err),
+            },
         };
         match outcome {
             Ok(None) => {}
@@ -397,7 +474,10 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
     if took_over || TempFile::from_env() == TempFile::Named || held.locking == Locking::RecordOnly {
         sweep_orphans(&dir, &step_req);
     }
-    *held.tidy.borrow_mut() = Some(Drained { dir, files: left });
+    *held.tidy.borrow_mut() = Some(Drained {
+        dir: Some(dir),
+        files: left,
+    });
     Ok(Acquired::Held(held))
 }
 
@@ -412,28 +492,32 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
 /// through the gate-less path, which steps back while LOCK is there.
 #[derive(Debug)]
 pub(crate) struct Drained {
-    dir: PathBuf,
+    /// `None`: only the solo member was there.
+    dir: Option<PathBuf>,
     files: Vec<fs::File>,
 }
 
 impl Drained {
     pub(super) fn finish(self) {
         drop(self.files);
-        remove_dir_if_empty(&self.dir);
+        if let Some(dir) = &self.dir {
+            remove_dir_if_empty(dir);
+        }
     }
 }
 
-/// Waits until shared member `name` has left, or has crashed and its record is
-/// removed; `Ok(Some(..))` if the deadline or a signal ended the wait.
+/// Waits until shared member `member` (in the members directory `dir`, or the solo
+/// member next to LOCK) has left, or has crashed and its record is removed;
+/// `Ok(Some(..))` if the deadline or a signal ended the wait.
 fn wait_for_member(
-    dir: &Path,
-    name: &OsString,
+    member: &LockPath,
+    dir: Option<&Path>,
     req: &Request<'_>,
     held: &Held,
     took_over: &mut bool,
     left: &mut Vec<fs::File>,
 ) -> Result<Option<Acquired<Held>>> {
-    let member = member_path(dir, name)?;
+    let went_away = |before: &Option<DirId>| dir.zip(before.as_ref()).is_some_and(|(dir, before)| went(dir, before));
     let mut every = POLL_FIRST;
     loop {
         let theirs = match open_record(&member.path).map_err(|err| read_error(member.shown(), err))? {
@@ -451,7 +535,7 @@ fn wait_for_member(
         };
         let outcome = wait_out(
             &theirs,
-            &member,
+            member,
             slice.as_ref().unwrap_or(req),
             held.locking,
             &mut waited,
@@ -478,22 +562,26 @@ fn wait_for_member(
             Outcome::Stale(_) => {
                 // Its kernel locks are dropped with our descriptor; then its record is
                 // taken over and removed by the member's own protocol.
-                let record = own_record(held)?;
+                // Ours, as a shared member's: for the moment it is at the member's name,
+                // a shared acquirer that looks at it (the solo member's, whose name does
+                // not say its kind) must not take this LOCK for an exclusive one.
+                let mut record = own_record(held)?;
+                record.mode = Some(Mode::SHARED.into());
                 drop(theirs);
-                let before = dir_id(dir);
-                match try_take(&member, req, &record) {
+                let before = dir.map(dir_id);
+                match try_take(member, req, &record) {
                     Ok(Some(stale)) => {
                         *took_over = true;
                         stale.release(false)?;
                         return Ok(None);
                     }
                     Ok(None) => {}
-                    Err(_) if went(dir, &before) => return Ok(None),
+                    Err(_) if went_away(&before) => return Ok(None),
                     Err(err) => return Err(err),
                 }
             }
             stop @ (Outcome::TimedOut | Outcome::Interrupted(_)) => {
-                return Ok(Some(stop.into_acquired(&theirs, &member)))
+                return Ok(Some(stop.into_acquired(&theirs, member)))
             }
         }
     }
@@ -521,9 +609,12 @@ pub(super) fn sliced<'a>(req: &Request<'a>, every: Duration) -> Request<'a> {
 }
 
 /// Releases LOCK (the gate) and returns `outcome`; an error of the release is said
-/// after the outcome's own.
+/// after the outcome's own. A member that left while we held LOCK left the members
+/// directory to us (`Member::release`): removed if it is empty.
 pub(super) fn give_up<T>(held: Held, outcome: Result<T>) -> Result<T> {
+    let dir = held.lock.members_dir();
     let released = held.release(false);
+    remove_dir_if_empty(&dir);
     match (outcome, released) {
         (Ok(outcome), Ok(_)) => Ok(outcome),
         (Ok(_), Err(err)) => Err(err),
@@ -545,6 +636,12 @@ fn own_record(held: &Held) -> Result<Record> {
 /// Nesting (SPEC §4.6, §9): the record of the member of LOCK that an ancestor holds,
 /// if any.
 pub(super) fn held_by_ancestor(lock: &LockPath, inherited: &Inherited) -> Result<Option<Record>> {
+    let solo = lock.solo();
+    if let Found::Record(theirs) = open_record(&solo.path).map_err(|err| read_error(solo.shown(), err))? {
+        if inherited.holds(&theirs.record.nonce) {
+            return Ok(Some(theirs.record));
+        }
+    }
     let dir = lock.members_dir();
     let Some(members) = list(&dir)? else {
         return Ok(None);
@@ -586,12 +683,17 @@ pub(super) fn refuse_upgrade(lock: &LockPath, inherited: &Inherited) -> Result<(
 /// waiting out the readers, a slot waiter, a shared acquirer being admitted).
 pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> Result<State> {
     let at_lock = inspect::inspect(lock, me, stale_after)?;
-    let dir = lock.members_dir();
-    let Some(mut members) = list(&dir)? else {
-        return Ok(at_lock);
-    };
-    members.sort_by_key(|(name, kind)| (*kind != Name::Shared, slot_of(*kind), name.clone()));
     let mut holders = Vec::new();
+    let solo = lock.solo();
+    match inspect::inspect(&solo, me, stale_after)? {
+        State::Holders(found) => holders.extend(found),
+        // A slot 0 no one can ever free: what slot acquirers stop at (exit 125), say it.
+        State::Foreign(why) => return Ok(State::Foreign(format!("{}: {why}", escape::path(&solo.path)))),
+        State::Free | State::HeldByOther(..) => {}
+    }
+    let dir = lock.members_dir();
+    let mut members = list(&dir)?.unwrap_or_default();
+    members.sort_by_key(|(name, kind)| (*kind != Name::Shared, slot_of(*kind), name.clone()));
     for (name, kind) in members {
         let member = member_path(&dir, &name)?;
         match inspect::inspect(&member, me, stale_after) {

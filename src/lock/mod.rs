@@ -52,6 +52,7 @@ mod inspect;
 mod kernel;
 mod members;
 mod path;
+mod sentry;
 mod shared;
 mod slots;
 mod theirs;

@@ -29,16 +29,22 @@ use crate::error::{create_error, name_too_long, sticky_reason, takeover_refused}
 const TEMP_SUFFIX: &str = ".xlock-tmp";
 /// Suffix of the directory of a shared or slot lock's holder records (SPEC §9).
 const MEMBERS_SUFFIX: &str = ".xlock-members";
+/// Suffix of the record of a shared or slot lock's holder that joined alone (SPEC §9:
+/// the first shared holder, or slot 0), next to LOCK rather than in the directory.
+const SOLO_SUFFIX: &str = ".xlock-solo";
 /// Suffix of the claim names of a no-locks take-over.
 pub(super) const CLAIM_SUFFIX: &str = ".xlock-claim";
 /// The longest file name Linux file systems take (NAME_MAX).
 const NAME_MAX: usize = 255;
-/// How many bytes the longest side name adds to LOCK's file name: a claim,
+/// How many bytes a claim's name adds to the name of the file it claims:
 /// `.NAME.<32 hex digits>-999.xlock-claim` (claims stop at level 999); a temp name,
 /// `.NAME.<nonce>.xlock-tmp`, adds less.
-const SIDE_NAME_EXTRA: usize = ".".len() + ".".len() + 32 + "-999".len() + CLAIM_SUFFIX.len();
-// The members directory, `.NAME.xlock-members`, is shorter than a claim.
-const _: () = assert!(".".len() + ".".len() + MEMBERS_SUFFIX.len() <= SIDE_NAME_EXTRA);
+const CLAIM_EXTRA: usize = ".".len() + ".".len() + 32 + "-999".len() + CLAIM_SUFFIX.len();
+/// How many bytes the longest side name adds to LOCK's file name: a claim on the solo
+/// member's record, `..NAME.xlock-solo.<32 hex digits>-999.xlock-claim`.
+const SIDE_NAME_EXTRA: usize = ".".len() + SOLO_SUFFIX.len() + CLAIM_EXTRA;
+// The members directory, `.NAME.xlock-members`, is shorter.
+const _: () = assert!(".".len() + MEMBERS_SUFFIX.len() <= SIDE_NAME_EXTRA);
 /// The longest LOCK file name whose side names all fit in [`NAME_MAX`].
 pub const MAX_NAME_LEN: usize = NAME_MAX - SIDE_NAME_EXTRA;
 
@@ -92,6 +98,21 @@ impl LockPath {
         name.push(&self.name);
         name.push(MEMBERS_SUFFIX);
         self.dir.join(name)
+    }
+
+    /// The record of the shared or slot holder that joined alone, `.NAME.xlock-solo`
+    /// next to LOCK (SPEC §9, `members.rs`): an uncontended `--shared` or `--slots`
+    /// run makes no directory. Its own side names fit NAME_MAX by [`MAX_NAME_LEN`].
+    pub(super) fn solo(&self) -> LockPath {
+        let mut name = OsString::from(".");
+        name.push(&self.name);
+        name.push(SOLO_SUFFIX);
+        LockPath {
+            given: self.given.with_file_name(&name),
+            path: self.dir.join(&name),
+            dir: self.dir.clone(),
+            name,
+        }
     }
 
     /// The name of the `level`th claim on the stale record with nonce `stale`.
@@ -256,6 +277,32 @@ mod tests {
         let members = lock.members_dir();
         assert_eq!(members, Path::new("/tmp/.db.lock.xlock-members"));
         assert!(!is_side_file(members.file_name().unwrap().as_bytes()));
+        // Nor is the solo member's record, nor its own side files.
+        let solo = lock.solo();
+        assert_eq!(solo.path, Path::new("/tmp/.db.lock.xlock-solo"));
+        assert!(!is_side_file(solo.name.as_bytes()));
+        let solo_claim = solo.claim_name("0123456789abcdef0123456789abcdef", 999);
+        assert!(!is_side_file(solo_claim.file_name().unwrap().as_bytes()));
+        assert!(solo.side_file(solo_claim.file_name().unwrap().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn the_longest_lock_name_leaves_room_for_every_side_name() {
+        let name = "n".repeat(MAX_NAME_LEN);
+        let lock = LockPath::new(&Path::new("/tmp").join(&name)).unwrap();
+        let nonce = "0123456789abcdef0123456789abcdef";
+        for side in [
+            lock.claim_name(nonce, 999),
+            lock.temp_name(nonce),
+            lock.members_dir(),
+            lock.solo().path,
+            lock.solo().claim_name(nonce, 999),
+            lock.solo().temp_name(nonce),
+        ] {
+            assert!(side.file_name().unwrap().len() <= NAME_MAX, "{}", side.display());
+        }
+        assert_eq!(lock.solo().claim_name(nonce, 999).file_name().unwrap().len(), NAME_MAX);
+        assert!(LockPath::new(&Path::new("/tmp").join(name + "n")).is_err());
     }
 
     #[test]

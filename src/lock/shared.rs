@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use nix::sys::inotify::Inotify;
 
 use super::candidate::{Candidate, TempFile};
 use super::claim::sweep;
@@ -26,7 +25,8 @@ use super::file::{self, Queue};
 use super::held::Held;
 use super::members::{self, mismatch, step_request, POLL_MAX};
 use super::path::LockPath;
-use super::slots::{self, Sentry};
+use super::sentry::Sentry;
+use super::slots;
 use super::theirs::{open_record, Found};
 use super::wait::{wait_out, Outcome, POLL_FIRST};
 use super::{Acquired, Deadline, Holding, Kind, Released, Request, State};
@@ -81,62 +81,49 @@ impl SharedLock {
         }
     }
 
-    /// The uncontended path: nobody holds anything (this xlock makes the members
-    /// directory), so join without the gate, then look at LOCK. A writer links LOCK
-    /// before it looks at the members, so if LOCK is still absent once our record is
-    /// in place, the writer's look will find it and wait for us. If LOCK is there (a
-    /// writer, or an acquirer next in line), leave again and queue at the gate.
+    /// The uncontended path: nobody holds anything (no members directory, and the solo
+    /// member's name is free or its holder is gone), so join as the solo member next
+    /// to LOCK without the gate, then look at LOCK. A writer links LOCK before it
+    /// looks at the members, so if LOCK is still absent once our record is in place,
+    /// the writer's look will find it and wait for us. If LOCK is there (a writer, or
+    /// an acquirer next in line), leave again and queue at the gate. A slot taken this
+    /// way is slot 0, which lives only at the solo name.
     ///
     /// `made`: our member file, made while we waited (`prepare`), used up here.
     fn join_at_once(&self, req: &Request<'_>, record: &Record, made: &mut Option<Candidate>) -> Result<Option<Member>> {
-        let dir = self.lock.members_dir();
-        if !members::make_dir(&self.lock, &dir)? {
-            return Ok(None);
+        // Members in the directory: the gate (kind checks, sweeps).
+        match std::fs::symlink_metadata(self.lock.members_dir()) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            _ => return Ok(None),
         }
         let step = req.report.for_step();
-        let step_req = Request {
+        let now = Request {
+            deadline: Deadline::after(Some(Duration::ZERO)),
             inherit: req.inherit,
             ..step_request(req, &step)
         };
-        let (name, slot) = match self.slots {
-            None => (record.nonce.clone(), None),
-            Some(_) => (members::slot_name(0), Some(0)),
-        };
+        let slot = self.slots.map(|_| 0);
         let mut ours = record.clone();
         ours.slot = slot;
-        let before = members::dir_id(&dir);
-        let path = members::member_path(&dir, &name)?;
+        let solo = self.lock.solo();
         let taken = match made.take() {
             Some(mut made) => {
                 ours.since = file::now();
-                // At once, as `members::try_take`: we just made the directory.
-                let now = Request {
-                    deadline: Deadline::after(Some(Duration::ZERO)),
-                    inherit: req.inherit,
-                    ..step_request(req, &step)
-                };
-                let joined = made.rewrite(&path, &ours).and_then(|()| {
-                    Ok(
-                        match file::acquire_with(&path, &now, ours.clone(), made, Instant::now())? {
-                            Acquired::Held(held) => Some(held),
-                            Acquired::Busy(..) | Acquired::Interrupted(_) => None,
-                        },
-                    )
-                });
-                // It cannot be linked there (another file system mounted at the
-                // members directory: EXDEV): a file of its own, as on an idle LOCK.
-                joined.or_else(|_| members::try_take(&path, &step_req, &ours))
+                made.rewrite(&solo, &ours)
+                    .and_then(|()| file::acquire_with(&solo, &now, ours.clone(), made, Instant::now()))?
             }
-            None => members::try_take(&path, &step_req, &ours),
+            None => file::acquire(&solo, &now, ours)?,
         };
         let held = match taken {
-            Ok(Some(held)) => held,
-            // Another acquirer came first, or the directory went again: the gate.
-            Ok(None) => return Ok(None),
-            Err(_) if members::went(&dir, &before) => return Ok(None),
-            Err(err) => return Err(err),
+            Acquired::Held(held) => held,
+            // A holder of another kind: say so (SPEC §9). Of ours: the gate.
+            Acquired::Busy(Some(holder), _) => {
+                self.check_member(&holder)?;
+                return Ok(None);
+            }
+            Acquired::Busy(None, _) | Acquired::Interrupted(_) => return Ok(None),
         };
-        let member = Member::new(held, &self.lock, slot);
+        let member = Member::solo(held, &self.lock, slot);
         let lock_is_free = matches!(
             std::fs::symlink_metadata(&self.lock.path),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound
@@ -148,17 +135,24 @@ impl SharedLock {
         Ok(None)
     }
 
+    /// Whether a member's record (the solo member's, whose name does not say its kind)
+    /// is of our kind: exit 125 naming both if not.
+    fn check_member(&self, theirs: &Record) -> Result<()> {
+        if self.same_kind(theirs) {
+            Ok(())
+        } else {
+            Err(mismatch(&self.lock, &self.asked(), theirs))
+        }
+    }
+
     /// Our member file, made before we wait for an exclusive holder, as the exclusive
-    /// waiter makes its own: an unnamed file (O_TMPFILE) in LOCK's directory, linked
-    /// into the members directory once we join (which does not exist while we wait).
-    /// `None` (join as on an idle LOCK) for slots, or where it would get a name.
+    /// waiter makes its own (`members::prepare`), linked at the solo member's name once
+    /// we join. `None` for slots: they never wait for an exclusive holder.
     fn prepare(&self, req: &Request<'_>, record: &Record) -> Option<Candidate> {
-        if self.slots.is_some() || TempFile::from_env() == TempFile::Named {
+        if self.slots.is_some() {
             return None;
         }
-        Candidate::create(&self.lock, record, req.inherit, TempFile::Unnamed)
-            .ok()
-            .filter(|made| made.temp.as_ref().is_none() && made.locking == Locking::Kernel)
+        members::prepare(&self.lock, req, record)
     }
 
     /// Takes the gate, LOCK. Without kernel locks a waiter watches the gate holder's
@@ -186,8 +180,10 @@ impl SharedLock {
         }
     }
 
-    /// Holding the gate: our member record, named by our nonce (no one else's name,
-    /// so it never waits). Stale members of crashed holders are removed first.
+    /// Holding the gate: the solo member's name if it is free (or its holder gone),
+    /// else our member record in the members directory, named by our nonce (no one
+    /// else's name, so it never waits). Stale members of crashed holders there are
+    /// removed first.
     fn admit_shared(&self, req: &Request<'_>, record: &Record) -> Result<Acquired<Member>> {
         let dir = self.lock.members_dir();
         let step = req.report.for_step();
@@ -195,6 +191,29 @@ impl SharedLock {
             inherit: req.inherit,
             ..step_request(req, &step)
         };
+        let now = Request {
+            deadline: Deadline::after(Some(Duration::ZERO)),
+            inherit: req.inherit,
+            ..step_request(req, &step)
+        };
+        let solo = self.lock.solo();
+        match file::acquire(&solo, &now, record.clone())? {
+            Acquired::Held(held) => {
+                // Crashed members' records in the directory: nothing left behind.
+                if std::fs::symlink_metadata(&dir).is_ok() {
+                    let swept = members::sweep_shared(&self.lock, &dir, &step_request(req, &step), record);
+                    if let Err(err) = swept {
+                        let _ = held.release(false);
+                        return Err(err);
+                    }
+                    members::remove_dir_if_empty(&dir);
+                }
+                return Ok(Acquired::Held(Member::solo(held, &self.lock, None)));
+            }
+            Acquired::Busy(Some(holder), _) => self.check_member(&holder)?,
+            Acquired::Busy(None, _) => {}
+            Acquired::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
+        }
         for _ in 0..100 {
             if !members::make_dir(&self.lock, &dir)? {
                 members::sweep_shared(&self.lock, &dir, &step_request(req, &step), record)?;
@@ -299,23 +318,27 @@ impl Kind for SharedLock {
             Acquired::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         };
         let admitted = self.admit(req, &record);
-        if !matches!(admitted, Ok(Acquired::Held(_))) {
-            members::remove_dir_if_empty(&self.lock.members_dir());
-        }
-        let released = gate.release(false);
         drop(queue);
-        match (admitted, released) {
-            (Ok(Acquired::Held(member)), Ok(_)) => {
+        match admitted {
+            Ok(Acquired::Held(member)) => {
+                // The gate is released once our command has started (`Member::let_go`):
+                // its release and its file's evicting close (0.1 ms and more) are off
+                // the way to the command, at every slot hand-off.
+                member.gate.set(Some(gate));
                 let waited = waited || step.has_waited() || req.report.has_waited();
                 req.report.acquired(waited.then(|| started.elapsed()));
                 Ok(Acquired::Held(member))
             }
-            (Ok(Acquired::Held(member)), Err(err)) => {
-                let _ = member.release(false);
-                Err(err)
+            other => {
+                let released = gate.release(false);
+                // A member that left while we held the gate left the members directory
+                // to us (`Member::release`): removed if it is empty.
+                members::remove_dir_if_empty(&self.lock.members_dir());
+                match other {
+                    Ok(other) => released.map(|_| other),
+                    Err(err) => Err(err),
+                }
             }
-            (Ok(other), released) => released.map(|_| other),
-            (Err(err), _) => Err(err),
         }
     }
 
@@ -347,17 +370,19 @@ pub struct Member {
     held: Held,
     /// LOCK's absolute path, for `XLOCK_PATH` and `XLOCK_HELD`.
     lock: PathBuf,
-    /// The members directory, removed by the last member to leave.
+    /// The members directory, removed by the last member in it to leave.
     dir: PathBuf,
+    /// Whether our record is in it (not the solo member's, next to LOCK).
+    in_dir: bool,
     slot: Option<u32>,
-    /// The slot waiter's inotify instance, closed once the command has started.
-    closing: Cell<Option<Inotify>>,
     /// Released files of LOCK that a shared waiter won (`SharedLock::acquire`),
     /// closed once the command has started.
     queue: Cell<Option<Queue>>,
     /// The slot waiter's sentries, killed when it took its slot and reaped once the
     /// command has started (before release asks whether the command's tree is gone).
     sentries: Cell<Vec<Sentry>>,
+    /// The gate (LOCK) that a gate passer holds until its command has started.
+    gate: Cell<Option<Held>>,
 }
 
 impl Member {
@@ -367,10 +392,19 @@ impl Member {
             held,
             lock: lock.path.clone(),
             dir: lock.members_dir(),
+            in_dir: true,
             slot,
-            closing: Cell::new(None),
             queue: Cell::new(None),
             sentries: Cell::new(Vec::new()),
+            gate: Cell::new(None),
+        }
+    }
+
+    /// `held`, the solo member's record next to `lock`, as a [`Member`].
+    pub(super) fn solo(held: Held, lock: &LockPath, slot: Option<u32>) -> Member {
+        Member {
+            in_dir: false,
+            ..Member::new(held, lock, slot)
         }
     }
 
@@ -383,34 +417,36 @@ impl Member {
         }
     }
 
-    /// Keeps `watch` open until the command has started (the first
-    /// [`Guard::next_check`], which supervision asks right after the spawn), then
-    /// closes it on a thread of its own: the close waits for the kernel's SRCU grace
-    /// period (5–20 ms), and must delay neither the command nor, when the command is
-    /// shorter than that, the release that hands the slot on (it made a slot hand-off
-    /// 10 ms in the benchmark).
-    ///
-    /// `sentries` (killed already) are reaped then too: waiting for their deaths took
-    /// 0.5 ms of a slot hand-off.
-    pub(super) fn close_after_start(&mut self, watch: Option<Inotify>, sentries: Vec<Sentry>) {
-        self.closing = Cell::new(watch);
+    /// Keeps `sentries` (killed already) until the command has started, and reaps them
+    /// then: waiting for their deaths took 0.5 ms of a slot hand-off.
+    pub(super) fn reap_after_start(&mut self, sentries: Vec<Sentry>) {
         self.sentries = Cell::new(sentries);
     }
 
     /// Closes the released files of LOCK we kept and reaps our sentries: once the
     /// command has started, or at release if it never did.
+    ///
+    /// A gate passer releases the gate then: an error of that release cannot change
+    /// what happens to the command, and a gate that is not ours any more is left alone
+    /// (`Held::release`). A member that left while we held the gate left the members
+    /// directory to us (`Member::release`): removed if it is empty and we are not in
+    /// it. After the gate is released: a member that leaves later looks at LOCK after
+    /// its record is gone, so either it finds LOCK gone and removes the directory
+    /// itself, or our `rmdir` comes after its record went.
     fn let_go(&self) {
         drop(self.queue.take());
         drop(self.sentries.take());
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.release(false);
+            if !self.in_dir {
+                members::remove_dir_if_empty(&self.dir);
+            }
+        }
     }
 }
 
 impl Guard for Member {
     fn next_check(&self) -> Option<Instant> {
-        if let Some(watch) = self.closing.take() {
-            // If the thread cannot be had, close it here: slow, not wrong.
-            let _ = std::thread::Builder::new().spawn(move || drop(watch));
-        }
         self.let_go();
         self.held.next_check()
     }
@@ -436,10 +472,18 @@ impl Holding for Member {
     /// Releases the member record as the exclusive lock is released (or leaves it to
     /// the command's tree), then removes the members directory if it was the last.
     /// Never takes the gate.
+    ///
+    /// While someone holds LOCK (the gate: a slot waiter, a writer draining, a reader
+    /// being admitted) the directory is left to that holder, who removes it once it
+    /// releases LOCK if it is empty and not theirs to join (`SharedLock::acquire`,
+    /// `members::give_up`, `Drained`): a slot hand-off would otherwise remove the
+    /// directory and make it again at once (on ext4 with `discard`, 0.2 ms).
     fn release(self, name_them: bool) -> Result<Released> {
         self.let_go();
         let released = self.held.release(name_them);
-        members::remove_dir_if_empty(&self.dir);
+        if self.in_dir && std::fs::symlink_metadata(&self.lock).is_err() {
+            members::remove_dir_if_empty(&self.dir);
+        }
         released
     }
 }

@@ -142,6 +142,12 @@ pub(super) fn pause(req: &Request<'_>, every: Duration, watch: Option<BorrowedFd
     sleep(req, if watch.is_some() { None } else { Some(every) }, watch)
 }
 
+/// Sleeps until a signal comes (a slot waiter's sentry ending: SIGCHLD), the deadline
+/// passes or the notice's tick is due, however long that takes.
+pub(super) fn pause_for_signal(req: &Request<'_>) -> Result<Paused> {
+    sleep(req, None, None)
+}
+
 /// Sleeps until `watch` is readable, but at most `every` (and less if the deadline or
 /// the notice's tick comes first): for a watch that may never fire although what is
 /// waited for has happened.

@@ -97,21 +97,22 @@ fn stale_lock_of_another_user_in_a_sticky_directory(t: Mode) {
     assert_eq!(sandbox.snapshot().len(), 1, "only the empty directory is left");
 }
 
-/// Item 8: a take-over after a crash makes side names of up to 50 more bytes next to
-/// LOCK (`.NAME.<nonce>-999.xlock-claim`), which must fit in 255 bytes. A longer name
+/// Item 8: a take-over after a crash makes side names of up to 62 more bytes next to
+/// LOCK (`..NAME.xlock-solo.<nonce>-999.xlock-claim`, a claim on a shared holder's
+/// record), which must fit in 255 bytes. A longer name
 /// worked until the first crash, then failed for good: it is refused up front, and
 /// `--status` says the same.
 fn lock_names_too_long_to_take_over_are_refused_up_front(t: Mode) {
     let sandbox = Sandbox::new();
-    for len in [206, 211, 230, 255] {
+    for len in [194, 206, 230, 255] {
         let lock = sandbox.path(&"n".repeat(len));
         let l = lock.to_str().unwrap();
         let len = len.to_string();
         let out = t.xlock([l, "echo", "ran"]).output().unwrap();
-        assert_fails(&out, &[l, &format!("{len} bytes"), "at most 205", "255", "shorter"]);
+        assert_fails(&out, &[l, &format!("{len} bytes"), "at most 193", "255", "shorter"]);
         let out = t.xlock(["--status", l]).output().unwrap();
         assert_eq!(out.status.code(), Some(125));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("at most 205"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at most 193"));
         assert_eq!(
             sandbox.entries(),
             Vec::<String>::new(),
@@ -120,20 +121,25 @@ fn lock_names_too_long_to_take_over_are_refused_up_front(t: Mode) {
     }
 }
 
-/// Item 8, the other side of the limit: a 205-byte name is taken over after a crash.
+/// Item 8, the other side of the limit: a 193-byte name is taken over after a crash,
+/// exclusive and shared (whose record, next to LOCK, has the longest side names).
 fn the_longest_allowed_name_is_taken_over_after_a_crash(t: Mode) {
     let sandbox = Sandbox::new();
-    let lock = sandbox.path(&"n".repeat(205));
-    t.make_stale(&lock);
-    let out = t
-        .xlock(["-v", "-n", lock.to_str().unwrap(), "echo", "ran"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("took over stale"), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
-    assert_eq!(sandbox.entries(), Vec::<String>::new());
+    let lock = sandbox.path(&"n".repeat(193));
+    for kind in [&[][..], &["-s"][..]] {
+        let mut holder = t.hold(&[&["--close"][..], kind].concat(), &lock, "exec sleep 30");
+        holder.kill(Signal::SIGKILL);
+        holder.wait();
+        let out = t
+            .xlock([&["-v", "-n"][..], kind, &[lock.to_str().unwrap(), "echo", "ran"]].concat())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{kind:?}: {stderr}");
+        assert!(stderr.contains("took over stale"), "{kind:?}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+        assert_eq!(sandbox.entries(), Vec::<String>::new(), "{kind:?}");
+    }
 }
 
 /// Item 12: /proc exists, but creating a file there gives ENOENT; that is not "the

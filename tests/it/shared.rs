@@ -601,31 +601,47 @@ fn a_planted_members_path_is_never_followed() {
     assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "elsewhere"]);
 }
 
-/// SPEC §4.1: a file that is not a lock record at a slot's name (`slot.K`) is never
-/// touched, and no one could ever free that slot: exit 125 naming it, not a wait that
-/// never ends (here bounded by `-w`: it used to run out with "busy"), and `--status`
-/// says so (it used to say "free").
+/// SPEC §4.1: a file that is not a lock record at a slot's name (slot 0's, next to
+/// LOCK, or `slot.K` in the members directory) is never touched, and no one could ever
+/// free that slot: exit 125 naming it, not a wait that never ends (here bounded by
+/// `-w`: it used to run out with "busy"), and `--status` says so (it used to say
+/// "free").
 #[test]
 fn a_foreign_file_at_a_slot_is_refused_not_waited_for() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
+    let solo = sandbox.path(".test.lock.xlock-solo");
     let members = sandbox.path(".test.lock.xlock-members");
-    fs::create_dir(&members).unwrap();
-    fs::write(members.join("slot.0"), "user data\n").unwrap();
+    fs::write(&solo, "user data\n").unwrap();
     for n in ["1", "2"] {
         if n == "2" {
+            fs::create_dir(&members).unwrap();
             fs::write(members.join("slot.1"), "user data\n").unwrap();
         }
         let out = run(Mode::Unnamed, &["-w", "10", "--slots", n], &lock, "echo ran");
-        assert_fails(&out, &["slot.0", "not an xlock lock file"]);
+        assert_fails(&out, &[".test.lock.xlock-solo", "not an xlock lock file"]);
     }
     // `--status` says the same, rather than "free".
     let (code, text) = status_text(&lock);
     assert_eq!(code, Some(125), "{text}");
-    assert!(text.contains("slot.0") && text.contains("foreign"), "{text}");
-    assert_eq!(fs::read_to_string(members.join("slot.0")).unwrap(), "user data\n");
-    assert_eq!(entries(&members), ["slot.0", "slot.1"]);
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-members"]);
+    assert!(
+        text.contains(".test.lock.xlock-solo") && text.contains("foreign"),
+        "{text}"
+    );
+    // Slot 0 free, slot 1 foreign: the second holder stops at slot 1.
+    fs::rename(&solo, sandbox.path("kept")).unwrap();
+    let mut first = hold(&["--slots", "2"], &lock, "read _; exit 0");
+    let out = run(Mode::Unnamed, &["-w", "10", "--slots", "2"], &lock, "echo ran");
+    assert_fails(&out, &["slot.1", "not an xlock lock file"]);
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(125), "{text}");
+    assert!(text.contains("slot.1") && text.contains("foreign"), "{text}");
+    first.release();
+    assert!(first.wait().success());
+    assert_eq!(fs::read_to_string(sandbox.path("kept")).unwrap(), "user data\n");
+    assert_eq!(fs::read_to_string(members.join("slot.1")).unwrap(), "user data\n");
+    assert_eq!(entries(&members), ["slot.1"]);
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "kept"]);
 }
 
 /// Without kernel locks, a writer waits out a reader through its process (a pidfd).
@@ -732,8 +748,14 @@ fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
     let sandbox = Sandbox::new();
     fs::set_permissions(sandbox.dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
     let lock = sandbox.lock();
-    let mut holder = hold(&["--slots", "3"], &lock, "read _; exit 0");
-    let mut reader = hold(&["-s"], &sandbox.path("s.lock"), "read _; exit 0");
+    // Two of each: the first holder's record is next to LOCK, the second's in the
+    // directory of holders.
+    let mut holders = [
+        hold(&["--slots", "3"], &lock, "read _; exit 0"),
+        hold(&["--slots", "3"], &lock, "read _; exit 0"),
+        hold(&["-s"], &sandbox.path("s.lock"), "read _; exit 0"),
+        hold(&["-s"], &sandbox.path("s.lock"), "read _; exit 0"),
+    ];
     let before = sandbox.snapshot();
     for (kind, path) in [(&["--slots", "3"][..], &lock), (&["-s"][..], &sandbox.path("s.lock"))] {
         let out = std::process::Command::new("setpriv")
@@ -748,17 +770,19 @@ fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
         assert!(!err.contains("a directory you can write"), "{err}");
     }
     assert_eq!(sandbox.snapshot(), before);
-    holder.release();
-    reader.release();
-    assert!(holder.wait().success() && reader.wait().success());
+    for holder in &mut holders {
+        holder.release();
+        assert!(holder.wait().success());
+    }
 }
 
-/// SPEC §9: a slot waiter watches the members directory with inotify; with no inotify
-/// instance to be had (the per-user limit, here 0 in a user namespace of the waiter's
-/// own, so no other test or process is affected) it polls, and still gets its slot
-/// once the holder leaves.
+/// SPEC §9: a slot waiter blocks on kernel locks (its sentries), not on inotify (which
+/// it used to watch the members directory with, polling where it had none): with no
+/// inotify instance to be had (the per-user limit, here 0 in a user namespace of the
+/// waiter's own, so no other test or process is affected) it gets its slot once the
+/// holder leaves.
 #[test]
-fn a_slot_waiter_without_inotify_polls_and_gets_its_slot() {
+fn a_slot_waiter_without_inotify_gets_its_slot() {
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
     let mut holder = Mode::Unnamed.hold(&["--slots", "1"], &lock, "read _; exit 0");
@@ -792,21 +816,22 @@ fn a_slot_waiter_without_inotify_polls_and_gets_its_slot() {
 }
 
 /// SPEC §9 ("crash of any holder frees its slot at once"): a slot waiter sleeps until a
-/// member changes, then looks at the slots again. A dying holder's last descriptor
-/// raises IN_CLOSE_WRITE *before* the kernel drops the locks it carries (`__fput`:
-/// fsnotify_close, then locks_remove_file), so a waiter that looks at once may find
-/// the lock still held, and nothing wakes it when the lock goes. That moment is a few
+/// busy slot's locks go, then looks at the slots again. When it watched the members
+/// directory with inotify, it could miss that: a dying holder's last descriptor raises
+/// IN_CLOSE_WRITE *before* the kernel drops the locks it carries (`__fput`:
+/// fsnotify_close, then locks_remove_file), so a waiter that looked at once found the
+/// lock still held, and nothing woke it when the lock went. That moment is a few
 /// microseconds; here it is widened with a process that holds the dead holder's flock
 /// through a read-only descriptor (as `--status` does for a moment), whose close
-/// raises only IN_CLOSE_NOWRITE, which the waiter does not watch. The waiter must get
-/// the slot as soon as that lock goes, not at its -w.
+/// raises only IN_CLOSE_NOWRITE. The waiter must get the slot as soon as that lock
+/// goes, not at its -w.
 #[test]
 fn a_slot_waiter_wakes_when_a_lock_outlives_the_last_close_event() {
     use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
     use nix::libc;
     let sandbox = Sandbox::new();
     let lock = sandbox.lock();
-    let slot = sandbox.path(".test.lock.xlock-members/slot.0");
+    let slot = sandbox.path(".test.lock.xlock-solo");
     // The command ignores the SIGTERM it gets when its xlock dies, and keeps the slot's
     // command lock until its stdin is closed.
     let mut holder = Mode::Unnamed.hold_script(&["--slots", "1"], &lock, "trap '' TERM; echo started; read _");

@@ -157,7 +157,7 @@ fn status_of_a_dead_holders_tree_is_the_same_with_a_waiter_behind_it() {
         let file = if kind.is_empty() {
             lock.clone()
         } else {
-            sandbox.path(".test.lock.xlock-members/slot.0")
+            sandbox.path(".test.lock.xlock-solo")
         };
         let (key, _) = file_key(&file);
         let flocked_by_waiter = || {

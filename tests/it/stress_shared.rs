@@ -411,7 +411,8 @@ fn the_wait_for_every_holder_sees_a_slot_holder_until_it_has_gone() {
     let mut holder = Mode::Unnamed.hold(&["--slots", "2"], &lock, "read _; exit 0");
     let held = held_in(sandbox.dir.path());
     assert!(
-        held.iter().any(|h| h.starts_with("/proc/locks: ")) && held.iter().any(|h| h.ends_with("slot.0 open")),
+        held.iter().any(|h| h.starts_with("/proc/locks: "))
+            && held.iter().any(|h| h.ends_with(".test.lock.xlock-solo open")),
         "{held:?}"
     );
     holder.release();
