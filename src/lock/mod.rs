@@ -12,7 +12,7 @@
 //! | | exclusive file (SPEC §4, [`FileLock`]) | shared / slots (§9, [`SharedLock`]) | etcd (§10, [`etcd::EtcdLock`]) |
 //! |---|---|---|---|
 //! | `name` (XLOCK_PATH) | absolute LOCK | absolute LOCK | the `etcd://…/NAME` URL |
-//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over; then, if the members directory exists, drain it: wait out every shared holder while holding LOCK (writer preference) | a member record (an exclusive file lock of its own) in `.NAME.xlock-members/`, named by the nonce (shared) or `slot.K` (lowest free slot): uncontended, at once, then LOCK must be absent; else holding LOCK as the gate (all slots busy: keep it, wait with inotify), then release the gate | lease (TTL = `--stale-after`, renewed on a thread from the start), our record put at our key `NAME/<lease hex>`, the Lock RPC with the lease on a thread while this one keeps deadline, signals and notice; check own key and lease after (etcd 11456) |
+//! | `acquire` | record file linked at LOCK, process lock (flock) + command lock (OFD); wait on the holder's kernel locks, take a stale one over; then drain the members (the solo record `.NAME.xlock-solo`, then the members directory, if there): wait out every shared holder while holding LOCK (writer preference) | a member record (an exclusive file lock of its own): uncontended, the solo record `.NAME.xlock-solo` next to LOCK (slot 0), at once, then LOCK must be absent; else holding LOCK as the gate, the solo record if free, or one in `.NAME.xlock-members/` named by the nonce (shared) or `slot.K` (lowest free slot; all busy: keep the gate, a sentry per busy slot), then the gate released (its file closed once the command has started) | lease (TTL = `--stale-after`, renewed on a thread from the start), our record put at our key `NAME/<lease hex>`, the Lock RPC with the lease on a thread while this one keeps deadline, signals and notice; check own key and lease after (etcd 11456) |
 //! | `nested` | the record at LOCK carries an inherited nonce; a shared member's does: error "cannot upgrade", a slot member's: the kind mismatch | a member's record (same kind) or LOCK's (exclusive ancestor, shared request) does; another kind: error | the key's value (a record) carries an inherited nonce |
 //! | `inspect` | [`State::Holders`] with one holder (or free / stale / foreign); with members: as for shared | every member, one [`Holder`] each (mode or slot), and LOCK's holder as [`HolderState::NextInLine`] | the key's holder, waiters in create-revision order ([`HolderState::Waiting`]); a holder that is not xlock (`etcdctl lock`): [`State::HeldByOther`] |
 //! | `identity` (XLOCK_PATH, XLOCK_HELD) | absolute LOCK + nonce | absolute LOCK + this holder's nonce | the `etcd://…/NAME` URL + nonce |
@@ -20,7 +20,7 @@
 //! | `inherit` | the command lock's descriptor (none with `--close`) | this holder's command lock | none (the lease cannot be inherited) |
 //! | `Guard::next_check` | last beat + `--stale-after`/3 | the same, per holder record | last acknowledged renewal's send time + TTL/3 |
 //! | `Guard::check` | verify inode + nonce, bump mtime; an I/O error is not loss | the same on this holder's record | lease keepalive; `Lost` with `kill_by` ≈ 1 s before lease expiry when a third or less of the TTL remains unacknowledged, at once on TTL 0 |
-//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same on the member record, then `rmdir` of the members directory if empty; never takes the gate | unlock, revoke the lease |
+//! | `release` | verify inode + nonce; close our copy of the command lock's descriptor; if the command's tree still holds it (F_OFD_GETLK), leave LOCK to them ([`Released::LeftToCommand`]), else unlink, close ([`Released::Removed`]) | the same on the member record, then `rmdir` of the members directory if empty and LOCK is absent (else its holder removes it); never takes the gate | unlock, revoke the lease |
 //!
 //! [`Released`] has a third outcome: the lock left to the command's tree (SPEC §4.5,
 //! issue 13); a kind without a command lock (etcd) never leaves it.
@@ -38,8 +38,9 @@
 //!
 //! Shared locks and slots (§9), on top of those (docs/design.md, "Shared locks and slots"):
 //! - [`shared`]: the kind [`SharedLock`] and its held [`shared::Member`]: LOCK as the gate, admission.
-//! - [`members`]: the members directory: the exclusive lock's drain, sweeps, one kind per LOCK, nesting, `--status`.
-//! - [`slots`]: choosing a slot; waiting for any of N (inotify).
+//! - [`members`]: the members (the solo record and the directory): the exclusive lock's drain, sweeps, one kind per LOCK, nesting, `--status`.
+//! - [`slots`]: choosing a slot; waiting for any of N.
+//! - [`sentry`]: a slot waiter's sentries, child processes blocked on busy slots' kernel locks.
 //!
 //! The etcd lock is [`etcd`], a directory of its own (§10, issue 15).
 

@@ -257,3 +257,68 @@ unsafe fn sys(n: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long
         ret
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Waits until `sentry` has ended, at most 10 s: what it said, or `None`.
+    fn ended_within(sentry: &mut Sentry) -> Option<bool> {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Some(had_them) = sentry.ended() {
+                return Some(had_them);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    }
+
+    #[test]
+    fn a_sentry_ends_once_both_locks_are_free_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        std::fs::write(&path, "record").unwrap();
+        // The holder: the process lock (flock), then the command lock (OFD write lock
+        // on the command byte), each on a descriptor of its own, as a holder has them.
+        let process = std::fs::File::open(&path).unwrap();
+        process.lock().unwrap();
+        let command = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let byte = command_byte(libc::F_WRLCK as i16);
+        // SAFETY: a valid struct flock for F_OFD_SETLK on our own descriptor.
+        assert_eq!(unsafe { libc::fcntl(command.as_raw_fd(), libc::F_OFD_SETLK, &byte) }, 0);
+        let mut sentry = Sentry::start(&path).unwrap().expect("the file is there");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(sentry.ended(), None, "ended while the process lock was held");
+        drop(process);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(sentry.ended(), None, "ended while the command lock was held");
+        drop(command);
+        assert_eq!(ended_within(&mut sentry), Some(true));
+        // Reaped: nothing left to kill or wait for.
+        drop(sentry);
+    }
+
+    #[test]
+    fn a_dropped_sentry_is_killed_and_reaped_and_its_lock_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        std::fs::write(&path, "record").unwrap();
+        // Nobody holds it: the sentry takes both locks and ends at once.
+        let mut free = Sentry::start(&path).unwrap().unwrap();
+        assert_eq!(ended_within(&mut free), Some(true));
+        let holder = std::fs::File::open(&path).unwrap();
+        holder.lock().unwrap();
+        let sentry = Sentry::start(&path).unwrap().unwrap();
+        let pid = sentry.pid;
+        drop(sentry);
+        // Killed and reaped by the drop: no such child any more.
+        assert_eq!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Err(nix::errno::Errno::ECHILD));
+        // It never had the lock, and it queues no more: the holder's release frees it.
+        drop(holder);
+        let again = std::fs::File::open(&path).unwrap();
+        assert!(again.try_lock().is_ok());
+        assert!(Sentry::start(&dir.path().join("gone")).unwrap().is_none());
+    }
+}

@@ -3,9 +3,11 @@
 //!
 //! "Gate and members" (docs/design.md, "Shared locks and slots"): LOCK itself, the
 //! exclusive lock of SPEC §4, is the *gate*, held only for a moment by a shared
-//! acquirer (while it writes its member record) and, for as long as they wait, by a
-//! writer waiting out the readers or by a slot waiter. Each holder is a *member*: an
-//! ordinary exclusive file lock of its own in `.NAME.xlock-members/` (`members.rs`).
+//! acquirer (while it writes its member record) and, for as long as they wait, by a writer waiting out the readers or by a slot
+//! waiter. Each holder is a *member*: an ordinary exclusive file lock of its own, the
+//! solo record `.NAME.xlock-solo` next to LOCK or one in `.NAME.xlock-members/`
+//! (`members.rs`). Nobody holding anything, an acquirer joins at once as the solo
+//! member, without the gate or a directory.
 //! Whoever holds the gate is next in line; everyone else queues on the gate's kernel
 //! locks, so once a writer waits, new readers queue behind it (writer preference),
 //! and exactly one waiter at a time can take a crashed member's share or slot over.
@@ -318,27 +320,31 @@ impl Kind for SharedLock {
             Acquired::Interrupted(signal) => return Ok(Acquired::Interrupted(signal)),
         };
         let admitted = self.admit(req, &record);
+        // The gate's file is closed once our command has started: its last close
+        // evicts it (0.1 ms and more), on the way to the command at every slot hand-off.
+        let released = gate.release_keeping(false);
+        // A member that left while we held the gate left the members directory to us
+        // (`Member::release`): removed if it is empty and we are not in it. After the
+        // gate is released: a member that leaves later looks at LOCK after its record
+        // is gone, so either it finds LOCK gone and removes the directory itself, or
+        // our `rmdir` comes after its record went.
+        if !matches!(&admitted, Ok(Acquired::Held(member)) if member.in_dir) {
+            members::remove_dir_if_empty(&self.lock.members_dir());
+        }
         drop(queue);
-        match admitted {
-            Ok(Acquired::Held(member)) => {
-                // The gate is released once our command has started (`Member::let_go`):
-                // its release and its file's evicting close (0.1 ms and more) are off
-                // the way to the command, at every slot hand-off.
-                member.gate.set(Some(gate));
+        match (admitted, released) {
+            (Ok(Acquired::Held(member)), Ok((_, file))) => {
+                member.gate.set(file);
                 let waited = waited || step.has_waited() || req.report.has_waited();
                 req.report.acquired(waited.then(|| started.elapsed()));
                 Ok(Acquired::Held(member))
             }
-            other => {
-                let released = gate.release(false);
-                // A member that left while we held the gate left the members directory
-                // to us (`Member::release`): removed if it is empty.
-                members::remove_dir_if_empty(&self.lock.members_dir());
-                match other {
-                    Ok(other) => released.map(|_| other),
-                    Err(err) => Err(err),
-                }
+            (Ok(Acquired::Held(member)), Err(err)) => {
+                let _ = member.release(false);
+                Err(err)
             }
+            (Ok(other), released) => released.map(|_| other),
+            (Err(err), _) => Err(err),
         }
     }
 
@@ -373,7 +379,7 @@ pub struct Member {
     /// The members directory, removed by the last member in it to leave.
     dir: PathBuf,
     /// Whether our record is in it (not the solo member's, next to LOCK).
-    in_dir: bool,
+    pub(super) in_dir: bool,
     slot: Option<u32>,
     /// Released files of LOCK that a shared waiter won (`SharedLock::acquire`),
     /// closed once the command has started.
@@ -381,8 +387,8 @@ pub struct Member {
     /// The slot waiter's sentries, killed when it took its slot and reaped once the
     /// command has started (before release asks whether the command's tree is gone).
     sentries: Cell<Vec<Sentry>>,
-    /// The gate (LOCK) that a gate passer holds until its command has started.
-    gate: Cell<Option<Held>>,
+    /// The gate's released file, closed once the command has started.
+    gate: Cell<Option<std::fs::File>>,
 }
 
 impl Member {
@@ -423,25 +429,12 @@ impl Member {
         self.sentries = Cell::new(sentries);
     }
 
-    /// Closes the released files of LOCK we kept and reaps our sentries: once the
-    /// command has started, or at release if it never did.
-    ///
-    /// A gate passer releases the gate then: an error of that release cannot change
-    /// what happens to the command, and a gate that is not ours any more is left alone
-    /// (`Held::release`). A member that left while we held the gate left the members
-    /// directory to us (`Member::release`): removed if it is empty and we are not in
-    /// it. After the gate is released: a member that leaves later looks at LOCK after
-    /// its record is gone, so either it finds LOCK gone and removes the directory
-    /// itself, or our `rmdir` comes after its record went.
+    /// Closes the released files of LOCK we kept (the gate's among them) and reaps our
+    /// sentries: once the command has started, or at release if it never did.
     fn let_go(&self) {
         drop(self.queue.take());
         drop(self.sentries.take());
-        if let Some(gate) = self.gate.take() {
-            let _ = gate.release(false);
-            if !self.in_dir {
-                members::remove_dir_if_empty(&self.dir);
-            }
-        }
+        drop(self.gate.take());
     }
 }
 

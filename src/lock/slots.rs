@@ -1,33 +1,26 @@
 //! Choosing a slot (SPEC §9, `--slots N`), holding the gate (`shared.rs`): the lowest
-//! free slot K gets a member record `slot.K`; a slot whose holder crashed is taken
-//! over (the gate makes this waiter the only one that can), and other crashed
-//! holders' records on the way are removed; a LOCK used with another N, or with
-//! exclusive/shared locks, is an error naming both.
+//! free slot K gets a member record, slot 0 the solo record next to LOCK
+//! (`.NAME.xlock-solo`, where an uncontended run puts it without the gate), the others
+//! `slot.K` in the members directory; a slot whose holder crashed is taken over (the
+//! gate makes this waiter the only one that can), and other crashed holders' records
+//! on the way are removed; a LOCK used with another N, or with exclusive/shared
+//! locks, is an error naming both.
 //!
 //! All N busy: this waiter keeps the gate (it is next in line; the others queue on
-//! the gate's kernel locks) and waits for any member to end. There is no kernel
-//! primitive for "any of N locks", so it watches the members directory with inotify:
-//! a release removes a record (IN_DELETE), a dying holder's or command tree's last
-//! writable descriptor closes (IN_CLOSE_WRITE, also for O_TMPFILE files, whose names
-//! are `#inode` then), a take-over renames (IN_MOVED_FROM). Looking at a member only
-//! opens it read-only (IN_CLOSE_NOWRITE, not watched), so the waiter does not wake
-//! itself. Without kernel locks, or after a take-over attempt that found its holder
-//! still alive by the evidence table (an exiting process, another host), or when no
-//! inotify instance or watch can be had (the per-user limits), it polls with backoff
-//! instead.
+//! the gate's kernel locks) and waits for any slot to end. There is no kernel
+//! primitive for "any of N locks": every busy slot gets a [`Sentry`] (`sentry.rs`), a
+//! child process blocked on that slot's kernel locks, whose exit wakes the waiter
+//! through SIGCHLD on the signalfd that every wait polls. After such a wake the slots
+//! are looked at again without listing the directory (only the gate holder adds to
+//! it), and a slot whose sentry is still blocked on the same file is still busy.
+//! Without kernel locks, after a take-over attempt that found its holder still alive
+//! by the evidence table (an exiting process, another host), or when no sentry can be
+//! had, it polls with backoff instead.
 //!
-//! Inotify alone can miss the end of a slot: a dying holder's last close raises
-//! IN_CLOSE_WRITE *before* the kernel drops the lock it carries (`__fput` calls
-//! fsnotify_close, then locks_remove_file), so a waiter that looks at once finds the
-//! slot busy, and the lock's going raises no event; nor does the close of a read-only
-//! descriptor that held a dead holder's flock for a moment (`--status`, or a waiter's
-//! own look). So every slot found busy also gets a [`Sentry`]: a child process that
-//! blocks on that slot's kernel locks, as the exclusive waiter does on its holder's,
-//! and exits once it has had them. Its exit comes after its own locks are dropped
-//! (exit_files before exit_notify), and wakes the waiter through SIGCHLD, which the
-//! waiter's signalfd reads anyway. No polling, and no thread: a sentry is ended with
-//! SIGKILL, race-free, and reaped before a take-over of its slot, or once the command
-//! has started (`Member`) when the waiter has its slot.
+//! It used to watch the members directory with inotify instead; that missed the end
+//! of a slot whenever the kernel raised the last close's event before it dropped the
+//! locks (`__fput`: fsnotify_close, then locks_remove_file), and, with sentries added
+//! for that, was redundant (docs/design.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;

@@ -885,3 +885,88 @@ fn a_slot_waiter_wakes_when_a_lock_outlives_the_last_close_event() {
     drop(query);
     assert_nothing_left(&sandbox, &[]);
 }
+
+/// SPEC §9, "nothing left behind", and the layout that keeps an uncontended run as
+/// cheap as the exclusive lock's (SPEC §7): a holder alone puts its record next to
+/// LOCK (`.NAME.xlock-solo`, slot 0 for slots) and makes no directory; a second one
+/// joins the members directory (slot 1); the directory goes with its last member, and
+/// the next holder alone takes the solo record (slot 0) again.
+#[test]
+fn a_holder_alone_makes_no_directory_and_the_others_join_one() {
+    for kind in [&["-s"][..], &["--slots", "2"][..]] {
+        let sandbox = Sandbox::new();
+        let lock = sandbox.lock();
+        let members = sandbox.path(".test.lock.xlock-members");
+        let slot = |k: &str| {
+            if kind[0] == "-s" {
+                "slot=".to_owned()
+            } else {
+                format!("slot={k}")
+            }
+        };
+        let script = "echo slot=${XLOCK_SLOT:-}; read _; exit 0";
+        let mut first = hold(kind, &lock, script);
+        assert_eq!(first.line(), slot("0"), "{kind:?}");
+        assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"], "{kind:?}");
+        let mut second = hold(kind, &lock, script);
+        assert_eq!(second.line(), slot("1"), "{kind:?}");
+        assert_eq!(
+            sandbox.entries(),
+            [".test.lock.xlock-members", ".test.lock.xlock-solo"],
+            "{kind:?}"
+        );
+        let in_dir = entries(&members);
+        assert_eq!(in_dir.len(), 1, "{kind:?}: {in_dir:?}");
+        if kind[0] != "-s" {
+            assert_eq!(in_dir, ["slot.1"]);
+        }
+        first.release();
+        assert!(first.wait().success());
+        assert_eq!(sandbox.entries(), [".test.lock.xlock-members"], "{kind:?}");
+        let mut third = hold(kind, &lock, script);
+        assert_eq!(third.line(), slot("0"), "{kind:?}");
+        second.release();
+        assert!(second.wait().success());
+        assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"], "{kind:?}");
+        third.release();
+        assert!(third.wait().success());
+        assert_nothing_left(&sandbox, &[]);
+    }
+}
+
+/// A member leaving the directory while someone holds LOCK (here a writer waiting out
+/// the readers) leaves the directory to LOCK's holder, who removes it once it lets LOCK
+/// go: a writer whose `-w` runs out must remove it too, or it stays behind with no
+/// member (SPEC §9: nothing left behind).
+#[test]
+fn a_writer_that_gives_up_removes_the_directory_a_reader_left_to_it() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let solo = sandbox.path(".test.lock.xlock-solo");
+    let mut first = hold(&["-s"], &lock, "read _; exit 0");
+    let mut second = hold(&["-s"], &lock, "read _; exit 0");
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", ".test.lock.xlock-solo"]);
+    let writer = Mode::Unnamed
+        .hold_args(&["-w", "2"], &lock, "echo ran")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The writer holds LOCK and waits out the solo reader first.
+    wait_until_waiting(writer.id() as i32, &solo);
+    second.release();
+    assert!(second.wait().success());
+    // The directory is empty, and left to the writer, which holds LOCK.
+    assert_eq!(
+        sandbox.entries(),
+        [".test.lock.xlock-members", ".test.lock.xlock-solo", "test.lock"]
+    );
+    let out = writer.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"]);
+    first.release();
+    assert!(first.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
