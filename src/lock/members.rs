@@ -35,7 +35,7 @@ use super::held::Held;
 use super::inspect;
 use super::kernel::{command_lock_held, KernelLock};
 use super::path::LockPath;
-use super::theirs::{open_record, Found};
+use super::theirs::{open_record, Found, TheirFile};
 use super::wait::{wait_out, Outcome, POLL_FIRST};
 use super::{Acquired, Deadline, Holder, HolderState, Holding, Inherit, Request, State};
 use crate::error::{cannot, read_error};
@@ -204,6 +204,17 @@ pub(super) fn remove_dir_if_empty(dir: &Path) {
     drop(open);
 }
 
+/// Whether a member leaving the members directory `dir` leaves it to LOCK's holder to
+/// remove (`Member::release`): LOCK is there, and its file belongs to the directory's
+/// owner, who can remove it even from a sticky directory.
+pub(super) fn left_to_gate(lock: &Path, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(lock), fs::symlink_metadata(dir)) {
+        (Ok(gate), Ok(dir)) => gate.uid() == dir.uid(),
+        _ => false,
+    }
+}
+
 /// The kind a record says its holder took, as the messages name it.
 pub(super) fn kind_of(record: &Record) -> String {
     match (record.mode.as_deref(), record.slots) {
@@ -292,6 +303,20 @@ pub(super) fn look(path: &Path) -> io::Result<Look> {
     })
 }
 
+/// Whether the holder of `theirs` (at `lock`) is gone: its kernel locks are free and
+/// the evidence table says so (without kernel locks, the evidence table alone).
+pub(super) fn holder_gone(theirs: &TheirFile, lock: &LockPath, req: &Request<'_>) -> bool {
+    let locking = Locking::from_env();
+    let free = match locking {
+        Locking::RecordOnly => true,
+        Locking::Kernel => match KernelLock::Process.take(&theirs.file, false) {
+            Ok(free) => free && command_lock_held(&theirs.file).is_ok_and(|held| !held),
+            Err(err) => crate::error::locks_unsupported(&err),
+        },
+    };
+    free && matches!(theirs.judge(lock, req, locking), Ok(crate::liveness::Verdict::Stale(_)))
+}
+
 /// Takes member `path` over if its holder is gone, at once (no wait): `Ok(Some(held))`
 /// then, with our record in it; `Ok(None)` if its holder is alive.
 pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> Result<Option<Held>> {
@@ -345,6 +370,34 @@ pub(super) fn take_prepared(
     }
 }
 
+/// The record of member `path`'s holder if it is alive; `None` if nothing holds that
+/// name now: no record, not a record (never touched), or a crashed holder's, which is
+/// taken over with `record` and removed (exactly one gate holder does this at a time;
+/// the member's own take-over protocol holds beneath). A LOCK is of one kind only
+/// while someone holds it: a crashed holder of another kind blocks no one (SPEC §9).
+pub(super) fn live_member(path: &LockPath, req: &Request<'_>, record: &Record) -> Result<Option<Record>> {
+    loop {
+        match look(&path.path).map_err(|err| cannot("check", path.shown(), &err))? {
+            Look::Vacant | Look::Foreign(_) => return Ok(None),
+            Look::Alive(theirs) => return Ok(Some(theirs)),
+            Look::MayBeGone(theirs) => match try_take(path, req, record)? {
+                Some(stale) => {
+                    stale.release(false)?;
+                    return Ok(None);
+                }
+                // Alive after all (the evidence table), or another took it: look again.
+                None => {
+                    if let Found::Record(now) = open_record(&path.path).map_err(|err| read_error(path.shown(), err))? {
+                        if now.record.nonce == theirs.nonce {
+                            return Ok(Some(theirs));
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// Removes the records of shared members whose holders are gone (a crash), holding
 /// the gate, so that nothing is left behind; a live member is not waited for.
 pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, record: &Record) -> Result<()> {
@@ -354,7 +407,7 @@ pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, recor
     check_writable(lock, dir)?;
     for (name, kind) in listed.unwrap_or_default() {
         if kind != Name::Shared {
-            if let Some(theirs) = read(dir, &name).map_err(|err| cannot("read", escape::path(dir), &err))? {
+            if let Some(theirs) = live_member(&member_path(dir, &name)?, &step_req, record)? {
                 return Err(mismatch(lock, "--shared", &theirs));
             }
             continue;
@@ -427,7 +480,13 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
     let waited = match open_record(&solo.path) {
         Ok(Found::Vanished | Found::Foreign(_)) => Ok(None),
         Ok(Found::Record(theirs)) if theirs.record.mode.as_deref() != Some(Mode::SHARED) => {
-            Err(mismatch(lock, "an exclusive lock", &theirs.record))
+            // A slot holder: another kind, unless it crashed (then it is removed).
+            own_record(&held)
+                .and_then(|ours| live_member(&solo, &step_req, &ours))
+                .and_then(|alive| match alive {
+                    Some(theirs) => Err(mismatch(lock, "an exclusive lock", &theirs)),
+                    None => Ok(None),
+                })
         }
         Ok(Found::Record(_)) => wait_for_member(&solo, None, &step_req, &held, &mut took_over, &mut left),
         Err(err) => Err(read_error(solo.shown(), err)),
@@ -454,11 +513,13 @@ pub(super) fn drain(lock: &LockPath, req: &Request<'_>, held: Held) -> Result<Ac
     took_over = false;
     for (name, kind) in members {
         let outcome = match kind {
-            Name::Slot(_) => match read(&dir, &name) {
-                Ok(Some(theirs)) => Err(mismatch(lock, "an exclusive lock", &theirs)),
-                Ok(None) => continue,
-                Err(err) => Err(cannot("read", escape::path(&dir), &err)),
-            },
+            // Another kind, unless its holder crashed (then it is removed).
+            Name::Slot(_) => own_record(&held)
+                .and_then(|ours| live_member(&member_path(&dir, &name)?, &step_req, &ours))
+                .and_then(|alive| match alive {
+                    Some(theirs) => Err(mismatch(lock, "an exclusive lock", &theirs)),
+                    None => Ok(None),
+                }),
             Name::Shared => match member_path(&dir, &name) {
                 Ok(member) => wait_for_member(&member, Some(&dir), &step_req, &held, &mut took_over, &mut left),
                 Err(err) => Err(err),
@@ -689,8 +750,13 @@ pub(super) fn inspect(lock: &LockPath, me: &Identity, stale_after: Duration) -> 
     let solo = lock.solo();
     match inspect::inspect(&solo, me, stale_after)? {
         State::Holders(found) => holders.extend(found),
-        // A slot 0 no one can ever free: what slot acquirers stop at (exit 125), say it.
-        State::Foreign(why) => return Ok(State::Foreign(format!("{}: {why}", escape::path(&solo.path)))),
+        // Slot 0, and the first shared holder's place, that no one can ever free: what
+        // shared and slot acquirers stop at (exit 125), said while LOCK is free. An
+        // exclusive holder it does not block: said as it is.
+        State::Foreign(why) if matches!(at_lock, State::Free) => {
+            return Ok(State::Foreign(format!("{}: {why}", escape::path(&solo.path))))
+        }
+        State::Foreign(_) => {}
         State::Free | State::HeldByOther(..) => {}
     }
     let dir = lock.members_dir();

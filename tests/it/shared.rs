@@ -970,3 +970,138 @@ fn a_writer_that_gives_up_removes_the_directory_a_reader_left_to_it() {
     assert!(first.wait().success());
     assert_nothing_left(&sandbox, &[]);
 }
+
+/// A holder of `kind` on `lock` that crashed (xlock and command SIGKILLed): its record
+/// is left, stale.
+fn crashed(kind: &[&str], lock: &Path) {
+    let mut holder = hold(&[&["--close"][..], kind].concat(), lock, "exec sleep 30");
+    holder.kill(nix::sys::signal::Signal::SIGKILL);
+    holder.wait();
+}
+
+/// SPEC §9: a LOCK is of one kind while someone holds it; a crashed holder of another
+/// kind frees its share or slot at once and blocks no one. Its record used to stop
+/// acquirers of another kind with exit 125 ("held with --slots 2 by pid P") while
+/// `--status` called it stale, wherever it lay: at the solo name (an exclusive
+/// acquirer), in the members directory (a shared or exclusive acquirer behind a slot,
+/// a slot acquirer behind a shared holder). Found by attacking the solo record.
+#[test]
+fn a_crashed_holder_of_another_kind_blocks_no_one() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let ran = |kind: &[&str]| {
+        let out = run(Mode::Unnamed, &[&["-n"][..], kind].concat(), &lock, "echo ran");
+        assert!(out.status.success(), "{kind:?}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    };
+    // At the solo name: slot 0 of a crashed slot holder, then an exclusive acquirer.
+    crashed(&["--slots", "2"], &lock);
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"]);
+    ran(&[]);
+    assert_nothing_left(&sandbox, &[]);
+    // In the members directory: a crashed slot 1, then shared and exclusive acquirers.
+    for next in [&["-s"][..], &[][..]] {
+        let mut first = hold(&["--slots", "2"], &lock, "read _; exit 0");
+        crashed(&["--slots", "2"], &lock);
+        first.release();
+        assert!(first.wait().success());
+        assert_eq!(sandbox.entries(), [".test.lock.xlock-members"], "{next:?}");
+        ran(next);
+        assert_nothing_left(&sandbox, &[]);
+    }
+    // A crashed shared holder in the directory, then a slot acquirer.
+    let mut first = hold(&["-s"], &lock, "read _; exit 0");
+    crashed(&["-s"], &lock);
+    first.release();
+    assert!(first.wait().success());
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-members"]);
+    ran(&["--slots", "2"]);
+    assert_nothing_left(&sandbox, &[]);
+    // A live holder of another kind still stops them, naming both kinds.
+    let mut live = hold(&["--slots", "2"], &lock, "read _; exit 0");
+    for kind in [&["-s"][..], &[][..], &["--slots", "3"][..]] {
+        let out = run(Mode::Unnamed, &[&["-n"][..], kind].concat(), &lock, "echo ran");
+        assert_fails(&out, &["--slots 2", "asked for"]);
+    }
+    live.release();
+    assert!(live.wait().success());
+    assert_nothing_left(&sandbox, &[]);
+}
+
+/// SPEC §4.1: a file that is not a record at the solo name (`.NAME.xlock-solo`) is never
+/// touched. It stops shared and slot acquirers (it is slot 0, and the first shared
+/// holder's place) with exit 125 naming it; an exclusive lock, which it blocks in
+/// nothing, runs, and `--status` names an exclusive holder as such (it used to say
+/// "foreign file" while one held the lock), and the file while the lock is free.
+#[test]
+fn a_foreign_file_at_the_solo_name_stops_shared_and_slots_only() {
+    let sandbox = Sandbox::new();
+    let lock = sandbox.lock();
+    let solo = sandbox.path(".test.lock.xlock-solo");
+    fs::write(&solo, "user data\n").unwrap();
+    for kind in [&["-s"][..], &["--slots", "2"][..]] {
+        let out = run(Mode::Unnamed, &[&["-w", "5"][..], kind].concat(), &lock, "echo ran");
+        assert_fails(&out, &[".test.lock.xlock-solo", "not an xlock lock file"]);
+    }
+    let out = run(Mode::Unnamed, &["-n"], &lock, "echo ran");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(125), "{text}");
+    assert!(
+        text.contains(".test.lock.xlock-solo") && text.contains("foreign"),
+        "{text}"
+    );
+    let mut holder = hold(&[], &lock, "read _; exit 0");
+    let (code, text) = status_text(&lock);
+    assert_eq!(code, Some(75), "{text}");
+    assert!(text.contains("held by pid"), "{text}");
+    holder.release();
+    assert!(holder.wait().success());
+    assert_eq!(fs::read_to_string(&solo).unwrap(), "user data\n");
+    assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"]);
+}
+
+/// SPEC §9, nothing left behind, across users in a sticky directory (/tmp): a member
+/// leaving while LOCK is held leaves the members directory to LOCK's holder only if
+/// that holder can remove it. A reader of root's left root's (emptied) directory to
+/// another user's writer, which could not remove it there: it stayed, and every other
+/// user's `--shared` stopped with exit 125 "their directory belongs to user root".
+/// Found by attacking the solo record.
+#[test]
+fn a_directory_left_while_another_user_holds_lock_is_removed_all_the_same() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: it needs root to act as a second user (CI runs as root)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    fs::set_permissions(sandbox.dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let lock = sandbox.lock();
+    let solo = sandbox.path(".test.lock.xlock-solo");
+    let mut first = hold(&["-s"], &lock, "read _; exit 0");
+    let mut second = hold(&["-s"], &lock, "read _; exit 0");
+    let nobody = |args: &[&str]| {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(xlock_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let writer = nobody(&[&arg(&lock), "echo", "ran"]).spawn().unwrap();
+    // setpriv execs xlock: the same process.
+    wait_until_waiting(writer.id() as i32, &solo);
+    second.release();
+    assert!(second.wait().success());
+    first.release();
+    assert!(first.wait().success());
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_nothing_left(&sandbox, &[]);
+    let out = nobody(&["-n", "-s", &arg(&lock), "echo", "ran"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_nothing_left(&sandbox, &[]);
+}
