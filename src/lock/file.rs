@@ -20,7 +20,7 @@ use super::held::Held;
 use super::path::LockPath;
 use super::theirs::{open_record, Found, TheirFile};
 use super::wait::{pause, wait_out, Outcome, Paused, POLL_FIRST};
-use super::{members, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
+use super::{drain, members, Acquired, Kind, Request, State, NO_KERNEL_LOCKS_ENV};
 use crate::error::{foreign, read_error};
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
@@ -50,7 +50,7 @@ impl Kind for FileLock {
     fn acquire(&self, req: &Request<'_>, record: Record) -> Result<Acquired<Held>> {
         match acquire(&self.lock, req, record)? {
             // Holding LOCK, wait out the shared holders, if any (SPEC §9).
-            Acquired::Held(held) => members::drain(&self.lock, req, held),
+            Acquired::Held(held) => drain::drain(&self.lock, req, held),
             // Busy (-n, a timeout) behind a slot waiter at the gate: the LOCK is used
             // with --slots, which is the kind mismatch (exit 125 naming both), not busy.
             Acquired::Busy(Some(holder), _) if holder.mode.as_deref() == Some(Mode::SLOTS) => {

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 
+use super::drain::Drained;
 use super::kernel::command_lock_held;
-use super::members::Drained;
 use super::path::{is_at, FileId, LockPath};
 use super::{Holding, Processes, Released};
 use crate::error::{cannot, lost_at_release, lost_while_running};

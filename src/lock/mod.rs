@@ -38,7 +38,8 @@
 //!
 //! Shared locks and slots (§9), on top of those (docs/design.md, "Shared locks and slots"):
 //! - [`shared`]: the kind [`SharedLock`] and its held [`shared::Member`]: LOCK as the gate, admission.
-//! - [`members`]: the members (the solo record and the directory): the exclusive lock's drain, sweeps, one kind per LOCK, nesting, `--status`.
+//! - [`members`]: the members (the solo record and the directory): sweeps, one kind per LOCK, nesting, `--status`.
+//! - [`drain`]: the exclusive lock's last step: wait out the shared holders while holding LOCK (writer preference).
 //! - [`slots`]: choosing a slot; waiting for any of N.
 //! - [`sentry`]: a slot waiter's sentries, child processes blocked on busy slots' kernel locks.
 //!
@@ -46,6 +47,7 @@
 
 mod candidate;
 mod claim;
+mod drain;
 pub mod etcd;
 mod file;
 mod held;

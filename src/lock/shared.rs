@@ -493,7 +493,7 @@ impl Holding for Member {
     /// While someone holds LOCK (the gate: a slot waiter, a writer draining, a reader
     /// being admitted) the directory is left to that holder, who removes it once it
     /// releases LOCK if it is empty and not theirs to join (`SharedLock::acquire`,
-    /// `members::give_up`, `Drained`): a slot hand-off would otherwise remove the
+    /// `drain::give_up`, `Drained`): a slot hand-off would otherwise remove the
     /// directory and make it again at once (on ext4 with `discard`, 0.2 ms). Only to a
     /// holder of LOCK of the directory's own user: in a sticky directory (/tmp) no
     /// other could remove it (found by attacking it: an empty directory of root's was

@@ -25,6 +25,7 @@ mod protocol;
 mod protocol_tree;
 mod pty;
 mod shared;
+mod shared_files;
 mod signals;
 mod signals_ignored;
 mod status;

@@ -30,20 +30,20 @@ tests_in_every_mode!(
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn arg(path: &Path) -> String {
+pub(crate) fn arg(path: &Path) -> String {
     path.display().to_string()
 }
 
 /// `xlock EXTRA... LOCK -c SCRIPT` in mode `t`, run to the end.
-fn run(t: Mode, extra: &[&str], lock: &Path, script: &str) -> Output {
+pub(crate) fn run(t: Mode, extra: &[&str], lock: &Path, script: &str) -> Output {
     t.hold_args(extra, lock, script).stdin(Stdio::null()).output().unwrap()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn status_text(lock: &Path) -> (Option<i32>, String) {
+pub(crate) fn status_text(lock: &Path) -> (Option<i32>, String) {
     let out = xlock(["--status".to_owned(), arg(lock)]).output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -60,13 +60,13 @@ fn status_json(lock: &Path) -> Vec<Value> {
 
 /// Once `pid` holds LOCK (the gate) and waits: a writer waiting out the readers, a
 /// shared acquirer waiting for a writer, a slot waiter.
-fn wait_until_next_in_line(pid: i32, lock: &Path) {
+pub(crate) fn wait_until_next_in_line(pid: i32, lock: &Path) {
     wait_until(LIMIT, "LOCK exists", || lock.exists());
     wait_until_waiting(pid, lock);
 }
 
 /// Nothing at all is left in the sandbox but `keep`.
-fn assert_nothing_left(sandbox: &Sandbox, keep: &[&str]) {
+pub(crate) fn assert_nothing_left(sandbox: &Sandbox, keep: &[&str]) {
     let left: Vec<String> = sandbox
         .entries()
         .into_iter()
@@ -572,78 +572,6 @@ fn bad_input_is_refused_and_left_as_it_was() {
     assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "data.lock"]);
 }
 
-/// SPEC §4.1, §6: something planted at the members directory's name that is not a
-/// directory (a symbolic link to another place above all) is never followed: every
-/// kind of lock stops with exit 125 naming it, and nothing anywhere changes.
-#[test]
-fn a_planted_members_path_is_never_followed() {
-    let sandbox = Sandbox::new();
-    let lock = sandbox.lock();
-    let members = sandbox.path(".test.lock.xlock-members");
-    let elsewhere = sandbox.path("elsewhere");
-    fs::create_dir(&elsewhere).unwrap();
-    fs::write(elsewhere.join("keep"), "mine\n").unwrap();
-    let kinds = [&["-s"][..], &["--slots", "2"][..], &[][..]];
-    std::os::unix::fs::symlink(&elsewhere, &members).unwrap();
-    for kind in kinds {
-        let out = run(Mode::Unnamed, kind, &lock, "echo ran");
-        assert_fails(&out, &[".test.lock.xlock-members", "symbolic link", "untouched"]);
-        assert_eq!(entries(&elsewhere), ["keep"], "{kind:?} wrote through the link");
-    }
-    fs::remove_file(&members).unwrap();
-    fs::write(&members, "user data\n").unwrap();
-    for kind in kinds {
-        let out = run(Mode::Unnamed, kind, &lock, "echo ran");
-        assert_fails(&out, &[".test.lock.xlock-members", "regular file"]);
-    }
-    assert_eq!(fs::read_to_string(&members).unwrap(), "user data\n");
-    assert_eq!(fs::read_to_string(elsewhere.join("keep")).unwrap(), "mine\n");
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "elsewhere"]);
-}
-
-/// SPEC §4.1: a file that is not a lock record at a slot's name (slot 0's, next to
-/// LOCK, or `slot.K` in the members directory) is never touched, and no one could ever
-/// free that slot: exit 125 naming it, not a wait that never ends (here bounded by
-/// `-w`: it used to run out with "busy"), and `--status` says so (it used to say
-/// "free").
-#[test]
-fn a_foreign_file_at_a_slot_is_refused_not_waited_for() {
-    let sandbox = Sandbox::new();
-    let lock = sandbox.lock();
-    let solo = sandbox.path(".test.lock.xlock-solo");
-    let members = sandbox.path(".test.lock.xlock-members");
-    fs::write(&solo, "user data\n").unwrap();
-    for n in ["1", "2"] {
-        if n == "2" {
-            fs::create_dir(&members).unwrap();
-            fs::write(members.join("slot.1"), "user data\n").unwrap();
-        }
-        let out = run(Mode::Unnamed, &["-w", "10", "--slots", n], &lock, "echo ran");
-        assert_fails(&out, &[".test.lock.xlock-solo", "not an xlock lock file"]);
-    }
-    // `--status` says the same, rather than "free".
-    let (code, text) = status_text(&lock);
-    assert_eq!(code, Some(125), "{text}");
-    assert!(
-        text.contains(".test.lock.xlock-solo") && text.contains("foreign"),
-        "{text}"
-    );
-    // Slot 0 free, slot 1 foreign: the second holder stops at slot 1.
-    fs::rename(&solo, sandbox.path("kept")).unwrap();
-    let mut first = hold(&["--slots", "2"], &lock, "read _; exit 0");
-    let out = run(Mode::Unnamed, &["-w", "10", "--slots", "2"], &lock, "echo ran");
-    assert_fails(&out, &["slot.1", "not an xlock lock file"]);
-    let (code, text) = status_text(&lock);
-    assert_eq!(code, Some(125), "{text}");
-    assert!(text.contains("slot.1") && text.contains("foreign"), "{text}");
-    first.release();
-    assert!(first.wait().success());
-    assert_eq!(fs::read_to_string(sandbox.path("kept")).unwrap(), "user data\n");
-    assert_eq!(fs::read_to_string(members.join("slot.1")).unwrap(), "user data\n");
-    assert_eq!(entries(&members), ["slot.1"]);
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", "kept"]);
-}
-
 /// Without kernel locks, a writer waits out a reader through its process (a pidfd).
 /// A reader's record may leave while its process lives on: an uncontended joiner that
 /// found LOCK taken steps back to queue at the gate, which the writer holds. The
@@ -732,48 +660,6 @@ fn a_shared_acquirer_without_kernel_locks_passes_a_gate_whose_holder_lives_on() 
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_nothing_left(&sandbox, &[]);
-}
-
-/// SPEC §6, never a misleading reason: the holders' directory of another user (mode
-/// 0755, as xlock makes it) takes no record of this user. The error named "a directory
-/// you can write" although LOCK's directory is writable; it names whose directory it
-/// is and the remedy, and changes nothing.
-#[test]
-fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
-    use std::os::unix::fs::PermissionsExt;
-    if !is_root() {
-        eprintln!("skipped: it needs root to act as a second user (CI runs as root)");
-        return;
-    }
-    let sandbox = Sandbox::new();
-    fs::set_permissions(sandbox.dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-    let lock = sandbox.lock();
-    // Two of each: the first holder's record is next to LOCK, the second's in the
-    // directory of holders.
-    let mut holders = [
-        hold(&["--slots", "3"], &lock, "read _; exit 0"),
-        hold(&["--slots", "3"], &lock, "read _; exit 0"),
-        hold(&["-s"], &sandbox.path("s.lock"), "read _; exit 0"),
-        hold(&["-s"], &sandbox.path("s.lock"), "read _; exit 0"),
-    ];
-    let before = sandbox.snapshot();
-    for (kind, path) in [(&["--slots", "3"][..], &lock), (&["-s"][..], &sandbox.path("s.lock"))] {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(xlock_bin())
-            .args(kind)
-            .args([&arg(path), "echo", "ran"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let err = assert_fails(&out, &["xlock-members", "belongs to user root (uid 0)", "umask 002"]);
-        assert!(!err.contains("a directory you can write"), "{err}");
-    }
-    assert_eq!(sandbox.snapshot(), before);
-    for holder in &mut holders {
-        holder.release();
-        assert!(holder.wait().success());
-    }
 }
 
 /// SPEC §9: a slot waiter blocks on kernel locks (its sentries), not on inotify (which
@@ -883,225 +769,5 @@ fn a_slot_waiter_wakes_when_a_lock_outlives_the_last_close_event() {
         "the waiter got the slot {took:?} after its lock went"
     );
     drop(query);
-    assert_nothing_left(&sandbox, &[]);
-}
-
-/// SPEC §9, "nothing left behind", and the layout that keeps an uncontended run as
-/// cheap as the exclusive lock's (SPEC §7): a holder alone puts its record next to
-/// LOCK (`.NAME.xlock-solo`, slot 0 for slots) and makes no directory; a second one
-/// joins the members directory (slot 1); the directory goes with its last member, and
-/// the next holder alone takes the solo record (slot 0) again.
-#[test]
-fn a_holder_alone_makes_no_directory_and_the_others_join_one() {
-    for kind in [&["-s"][..], &["--slots", "2"][..]] {
-        let sandbox = Sandbox::new();
-        let lock = sandbox.lock();
-        let members = sandbox.path(".test.lock.xlock-members");
-        let slot = |k: &str| {
-            if kind[0] == "-s" {
-                "slot=".to_owned()
-            } else {
-                format!("slot={k}")
-            }
-        };
-        let script = "echo slot=${XLOCK_SLOT:-}; read _; exit 0";
-        let mut first = hold(kind, &lock, script);
-        assert_eq!(first.line(), slot("0"), "{kind:?}");
-        assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"], "{kind:?}");
-        let mut second = hold(kind, &lock, script);
-        assert_eq!(second.line(), slot("1"), "{kind:?}");
-        assert_eq!(
-            sandbox.entries(),
-            [".test.lock.xlock-members", ".test.lock.xlock-solo"],
-            "{kind:?}"
-        );
-        let in_dir = entries(&members);
-        assert_eq!(in_dir.len(), 1, "{kind:?}: {in_dir:?}");
-        if kind[0] != "-s" {
-            assert_eq!(in_dir, ["slot.1"]);
-        }
-        first.release();
-        assert!(first.wait().success());
-        assert_eq!(sandbox.entries(), [".test.lock.xlock-members"], "{kind:?}");
-        let mut third = hold(kind, &lock, script);
-        assert_eq!(third.line(), slot("0"), "{kind:?}");
-        second.release();
-        assert!(second.wait().success());
-        assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"], "{kind:?}");
-        third.release();
-        assert!(third.wait().success());
-        assert_nothing_left(&sandbox, &[]);
-    }
-}
-
-/// A member leaving the directory while someone holds LOCK (here a writer waiting out
-/// the readers) leaves the directory to LOCK's holder, who removes it once it lets LOCK
-/// go: a writer whose `-w` runs out must remove it too, or it stays behind with no
-/// member (SPEC §9: nothing left behind).
-#[test]
-fn a_writer_that_gives_up_removes_the_directory_a_reader_left_to_it() {
-    let sandbox = Sandbox::new();
-    let lock = sandbox.lock();
-    let solo = sandbox.path(".test.lock.xlock-solo");
-    let mut first = hold(&["-s"], &lock, "read _; exit 0");
-    let mut second = hold(&["-s"], &lock, "read _; exit 0");
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-members", ".test.lock.xlock-solo"]);
-    let writer = Mode::Unnamed
-        .hold_args(&["-w", "2"], &lock, "echo ran")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The writer holds LOCK and waits out the solo reader first.
-    wait_until_waiting(writer.id() as i32, &solo);
-    second.release();
-    assert!(second.wait().success());
-    // The directory is empty, and left to the writer, which holds LOCK.
-    assert_eq!(
-        sandbox.entries(),
-        [".test.lock.xlock-members", ".test.lock.xlock-solo", "test.lock"]
-    );
-    let out = writer.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"]);
-    first.release();
-    assert!(first.wait().success());
-    assert_nothing_left(&sandbox, &[]);
-}
-
-/// A holder of `kind` on `lock` that crashed (xlock and command SIGKILLed): its record
-/// is left, stale.
-fn crashed(kind: &[&str], lock: &Path) {
-    let mut holder = hold(&[&["--close"][..], kind].concat(), lock, "exec sleep 30");
-    holder.kill(nix::sys::signal::Signal::SIGKILL);
-    holder.wait();
-}
-
-/// SPEC §9: a LOCK is of one kind while someone holds it; a crashed holder of another
-/// kind frees its share or slot at once and blocks no one. Its record used to stop
-/// acquirers of another kind with exit 125 ("held with --slots 2 by pid P") while
-/// `--status` called it stale, wherever it lay: at the solo name (an exclusive
-/// acquirer), in the members directory (a shared or exclusive acquirer behind a slot,
-/// a slot acquirer behind a shared holder). Found by attacking the solo record.
-#[test]
-fn a_crashed_holder_of_another_kind_blocks_no_one() {
-    let sandbox = Sandbox::new();
-    let lock = sandbox.lock();
-    let ran = |kind: &[&str]| {
-        let out = run(Mode::Unnamed, &[&["-n"][..], kind].concat(), &lock, "echo ran");
-        assert!(out.status.success(), "{kind:?}: {}", stderr(&out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
-    };
-    // At the solo name: slot 0 of a crashed slot holder, then an exclusive acquirer.
-    crashed(&["--slots", "2"], &lock);
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"]);
-    ran(&[]);
-    assert_nothing_left(&sandbox, &[]);
-    // In the members directory: a crashed slot 1, then shared and exclusive acquirers.
-    for next in [&["-s"][..], &[][..]] {
-        let mut first = hold(&["--slots", "2"], &lock, "read _; exit 0");
-        crashed(&["--slots", "2"], &lock);
-        first.release();
-        assert!(first.wait().success());
-        assert_eq!(sandbox.entries(), [".test.lock.xlock-members"], "{next:?}");
-        ran(next);
-        assert_nothing_left(&sandbox, &[]);
-    }
-    // A crashed shared holder in the directory, then a slot acquirer.
-    let mut first = hold(&["-s"], &lock, "read _; exit 0");
-    crashed(&["-s"], &lock);
-    first.release();
-    assert!(first.wait().success());
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-members"]);
-    ran(&["--slots", "2"]);
-    assert_nothing_left(&sandbox, &[]);
-    // A live holder of another kind still stops them, naming both kinds.
-    let mut live = hold(&["--slots", "2"], &lock, "read _; exit 0");
-    for kind in [&["-s"][..], &[][..], &["--slots", "3"][..]] {
-        let out = run(Mode::Unnamed, &[&["-n"][..], kind].concat(), &lock, "echo ran");
-        assert_fails(&out, &["--slots 2", "asked for"]);
-    }
-    live.release();
-    assert!(live.wait().success());
-    assert_nothing_left(&sandbox, &[]);
-}
-
-/// SPEC §4.1: a file that is not a record at the solo name (`.NAME.xlock-solo`) is never
-/// touched. It stops shared and slot acquirers (it is slot 0, and the first shared
-/// holder's place) with exit 125 naming it; an exclusive lock, which it blocks in
-/// nothing, runs, and `--status` names an exclusive holder as such (it used to say
-/// "foreign file" while one held the lock), and the file while the lock is free.
-#[test]
-fn a_foreign_file_at_the_solo_name_stops_shared_and_slots_only() {
-    let sandbox = Sandbox::new();
-    let lock = sandbox.lock();
-    let solo = sandbox.path(".test.lock.xlock-solo");
-    fs::write(&solo, "user data\n").unwrap();
-    for kind in [&["-s"][..], &["--slots", "2"][..]] {
-        let out = run(Mode::Unnamed, &[&["-w", "5"][..], kind].concat(), &lock, "echo ran");
-        assert_fails(&out, &[".test.lock.xlock-solo", "not an xlock lock file"]);
-    }
-    let out = run(Mode::Unnamed, &["-n"], &lock, "echo ran");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (code, text) = status_text(&lock);
-    assert_eq!(code, Some(125), "{text}");
-    assert!(
-        text.contains(".test.lock.xlock-solo") && text.contains("foreign"),
-        "{text}"
-    );
-    let mut holder = hold(&[], &lock, "read _; exit 0");
-    let (code, text) = status_text(&lock);
-    assert_eq!(code, Some(75), "{text}");
-    assert!(text.contains("held by pid"), "{text}");
-    holder.release();
-    assert!(holder.wait().success());
-    assert_eq!(fs::read_to_string(&solo).unwrap(), "user data\n");
-    assert_eq!(sandbox.entries(), [".test.lock.xlock-solo"]);
-}
-
-/// SPEC §9, nothing left behind, across users in a sticky directory (/tmp): a member
-/// leaving while LOCK is held leaves the members directory to LOCK's holder only if
-/// that holder can remove it. A reader of root's left root's (emptied) directory to
-/// another user's writer, which could not remove it there: it stayed, and every other
-/// user's `--shared` stopped with exit 125 "their directory belongs to user root".
-/// Found by attacking the solo record.
-#[test]
-fn a_directory_left_while_another_user_holds_lock_is_removed_all_the_same() {
-    use std::os::unix::fs::PermissionsExt;
-    if !is_root() {
-        eprintln!("skipped: it needs root to act as a second user (CI runs as root)");
-        return;
-    }
-    let sandbox = Sandbox::new();
-    fs::set_permissions(sandbox.dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-    let lock = sandbox.lock();
-    let solo = sandbox.path(".test.lock.xlock-solo");
-    let mut first = hold(&["-s"], &lock, "read _; exit 0");
-    let mut second = hold(&["-s"], &lock, "read _; exit 0");
-    let nobody = |args: &[&str]| {
-        let mut command = std::process::Command::new("setpriv");
-        command
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(xlock_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    };
-    let writer = nobody(&[&arg(&lock), "echo", "ran"]).spawn().unwrap();
-    // setpriv execs xlock: the same process.
-    wait_until_waiting(writer.id() as i32, &solo);
-    second.release();
-    assert!(second.wait().success());
-    first.release();
-    assert!(first.wait().success());
-    let out = writer.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_nothing_left(&sandbox, &[]);
-    let out = nobody(&["-n", "-s", &arg(&lock), "echo", "ran"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
     assert_nothing_left(&sandbox, &[]);
 }
