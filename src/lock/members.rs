@@ -121,10 +121,14 @@ fn not_members_dir(dir: &Path, meta: &fs::Metadata) -> anyhow::Error {
     )
 }
 
-/// Makes the members directory; `Ok(true)` if it was not there.
+/// Makes the members directory; `Ok(true)` if it was not there. Its mode is the
+/// umask's (0755 with 022, 0775 with 002), as `mkdir` makes one: users of different
+/// accounts who share a LOCK join one another's directory with umask 002 in a
+/// group-owned setgid directory (the remedy [`check_writable`] gives). It used to be
+/// made 0755 whatever the umask, which no remedy could get past (found by attacking).
 pub(super) fn make_dir(lock: &LockPath, dir: &Path) -> Result<bool> {
     use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().mode(0o755).create(dir) {
+    match fs::DirBuilder::new().mode(0o777).create(dir) {
         Ok(()) => Ok(true),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(err) => Err(crate::error::create_error(lock.shown(), &lock.dir, err)),
@@ -277,12 +281,17 @@ pub(super) enum Look {
     /// Its kernel locks are free (or, without kernel locks, there are none to ask):
     /// the evidence table decides, in a take-over attempt.
     MayBeGone(Record),
+    /// Its xlock has ended and no command's tree holds the command lock, but another
+    /// process holds its process lock for a moment (`--status`, a waiter's look or
+    /// sentry, a writer taking it over): gone, most likely, once that lets go. Not a
+    /// live holder of another kind (found by attacking: exit 125 named a dead pid).
+    Probed(Record),
     /// Not an xlock record (why): never touched.
     Foreign(String),
 }
 
 /// A cheap look at member `path` through a read-only descriptor.
-pub(super) fn look(path: &Path) -> io::Result<Look> {
+pub(super) fn look(path: &Path, me: &Identity) -> io::Result<Look> {
     let theirs = match open_record(path)? {
         Found::Record(theirs) => theirs,
         Found::Vanished => return Ok(Look::Vacant),
@@ -291,13 +300,17 @@ pub(super) fn look(path: &Path) -> io::Result<Look> {
     if Locking::from_env() == Locking::RecordOnly {
         return Ok(Look::MayBeGone(theirs.record));
     }
-    let free = match KernelLock::Process.take(&theirs.file, false) {
-        Ok(free) => free && !command_lock_held(&theirs.file)?,
-        Err(err) if crate::error::locks_unsupported(&err) => true,
+    let process_free = match KernelLock::Process.take(&theirs.file, false) {
+        Ok(free) => free,
+        Err(err) if crate::error::locks_unsupported(&err) => return Ok(Look::MayBeGone(theirs.record)),
         Err(err) => return Err(err),
     };
-    Ok(if free {
+    Ok(if command_lock_held(&theirs.file)? {
+        Look::Alive(theirs.record)
+    } else if process_free {
         Look::MayBeGone(theirs.record)
+    } else if crate::liveness::holder_gone(&theirs.record, me) {
+        Look::Probed(theirs.record)
     } else {
         Look::Alive(theirs.record)
     })
@@ -309,8 +322,13 @@ pub(super) fn holder_gone(theirs: &TheirFile, lock: &LockPath, req: &Request<'_>
     let locking = Locking::from_env();
     let free = match locking {
         Locking::RecordOnly => true,
+        // A process lock held by another than its xlock, which has ended, is a look's
+        // (`Look::Probed`): the gate's acquire waits for it, then takes it over.
         Locking::Kernel => match KernelLock::Process.take(&theirs.file, false) {
-            Ok(free) => free && command_lock_held(&theirs.file).is_ok_and(|held| !held),
+            Ok(free) => {
+                (free || crate::liveness::holder_gone(&theirs.record, req.me))
+                    && command_lock_held(&theirs.file).is_ok_and(|held| !held)
+            }
             Err(err) => crate::error::locks_unsupported(&err),
         },
     };
@@ -377,9 +395,25 @@ pub(super) fn take_prepared(
 /// while someone holds it: a crashed holder of another kind blocks no one (SPEC §9).
 pub(super) fn live_member(path: &LockPath, req: &Request<'_>, record: &Record) -> Result<Option<Record>> {
     loop {
-        match look(&path.path).map_err(|err| cannot("check", path.shown(), &err))? {
+        match look(&path.path, req.me).map_err(|err| cannot("check", path.shown(), &err))? {
             Look::Vacant | Look::Foreign(_) => return Ok(None),
             Look::Alive(theirs) => return Ok(Some(theirs)),
+            // Wait for whoever has its process lock for a moment (the same deadline and
+            // signals), then take it over.
+            Look::Probed(theirs) => {
+                let wait = Request {
+                    inherit: req.inherit,
+                    ..step_request(req, req.report)
+                };
+                match file::acquire(path, &wait, record.clone())? {
+                    Acquired::Held(stale) => {
+                        stale.release(false)?;
+                        return Ok(None);
+                    }
+                    // Still held at the deadline (or a signal came): as it looks.
+                    Acquired::Busy(..) | Acquired::Interrupted(_) => return Ok(Some(theirs)),
+                }
+            }
             Look::MayBeGone(theirs) => match try_take(path, req, record)? {
                 Some(stale) => {
                     stale.release(false)?;
@@ -414,7 +448,7 @@ pub(super) fn sweep_shared(lock: &LockPath, dir: &Path, req: &Request<'_>, recor
         }
         let path = dir.join(&name);
         if !matches!(
-            look(&path).map_err(|err| cannot("check", escape::path(&path), &err))?,
+            look(&path, req.me).map_err(|err| cannot("check", escape::path(&path), &err))?,
             Look::MayBeGone(_)
         ) {
             continue;

@@ -148,7 +148,7 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
                     continue;
                 }
                 let theirs = if taken.contains(&k) {
-                    match look(&path.path).map_err(|err| cannot("check", escape::path(&path.path), &err))? {
+                    match look(&path.path, req.me).map_err(|err| cannot("check", escape::path(&path.path), &err))? {
                         // Never touched, and a slot that no one could ever free: waiting for
                         // it would hang (SPEC §4.1: exit 125 saying why).
                         Look::Foreign(why) if mine.is_none() => return Err(foreign(escape::path(&path.path), &why)),
@@ -162,7 +162,9 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
                         {
                             return Err(mismatch(lock, &asked, &theirs))
                         }
-                        Look::Alive(theirs) => {
+                        // Busy for now: its sentry wakes us when it is free (a dead
+                        // holder's lock that another holds for a moment, of any kind).
+                        Look::Alive(theirs) | Look::Probed(theirs) => {
                             busy.get_or_insert_with(|| theirs.clone());
                             seen.insert(k, theirs);
                             held.push(k);
