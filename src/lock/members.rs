@@ -297,56 +297,91 @@ pub(super) fn look(path: &Path, me: &Identity) -> io::Result<Look> {
         Found::Vanished => return Ok(Look::Vacant),
         Found::Foreign(why) => return Ok(Look::Foreign(why)),
     };
-    if Locking::from_env() == Locking::RecordOnly {
-        return Ok(Look::MayBeGone(theirs.record));
-    }
-    let process_free = match KernelLock::Process.take(&theirs.file, false) {
-        Ok(free) => free,
-        Err(err) if crate::error::locks_unsupported(&err) => return Ok(Look::MayBeGone(theirs.record)),
-        Err(err) => return Err(err),
-    };
-    Ok(if command_lock_held(&theirs.file)? {
-        Look::Alive(theirs.record)
-    } else if process_free {
-        Look::MayBeGone(theirs.record)
-    } else if crate::liveness::holder_gone(&theirs.record, me) {
-        Look::Probed(theirs.record)
-    } else {
-        Look::Alive(theirs.record)
+    Ok(match locks_of(&theirs, me)? {
+        Locks::Held => Look::Alive(theirs.record),
+        Locks::Free => Look::MayBeGone(theirs.record),
+        Locks::Probed => Look::Probed(theirs.record),
     })
 }
 
-/// Whether the holder of `theirs` (at `lock`) is gone: its kernel locks are free and
-/// the evidence table says so (without kernel locks, the evidence table alone).
-pub(super) fn holder_gone(theirs: &TheirFile, lock: &LockPath, req: &Request<'_>) -> bool {
-    let locking = Locking::from_env();
-    let free = match locking {
-        Locking::RecordOnly => true,
-        // A process lock held by another than its xlock, which has ended, is a look's
-        // (`Look::Probed`): the gate's acquire waits for it, then takes it over.
-        Locking::Kernel => match KernelLock::Process.take(&theirs.file, false) {
-            Ok(free) => {
-                (free || crate::liveness::holder_gone(&theirs.record, req.me))
-                    && command_lock_held(&theirs.file).is_ok_and(|held| !held)
-            }
-            Err(err) => crate::error::locks_unsupported(&err),
-        },
-    };
-    free && matches!(theirs.judge(lock, req, locking), Ok(crate::liveness::Verdict::Stale(_)))
+/// What a holder's kernel locks say (asked, not waited for).
+enum Locks {
+    /// Held by it, or by its command's tree.
+    Held,
+    /// Free, or there are none to ask (without kernel locks).
+    Free,
+    /// Its process lock held by another than its xlock, which has ended ([`Look::Probed`]).
+    Probed,
 }
 
-/// Takes member `path` over if its holder is gone, at once (no wait): `Ok(Some(held))`
-/// then, with our record in it; `Ok(None)` if its holder is alive.
-pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> Result<Option<Held>> {
+fn locks_of(theirs: &TheirFile, me: &Identity) -> io::Result<Locks> {
+    if Locking::from_env() == Locking::RecordOnly {
+        return Ok(Locks::Free);
+    }
+    let process_free = match KernelLock::Process.take(&theirs.file, false) {
+        Ok(free) => free,
+        Err(err) if crate::error::locks_unsupported(&err) => return Ok(Locks::Free),
+        Err(err) => return Err(err),
+    };
+    Ok(if command_lock_held(&theirs.file)? {
+        Locks::Held
+    } else if process_free {
+        Locks::Free
+    } else if crate::liveness::holder_gone(&theirs.record, me) {
+        Locks::Probed
+    } else {
+        Locks::Held
+    })
+}
+
+/// Whether the holder of `theirs` (at `lock`) is gone: its kernel locks are free, or
+/// only held for a moment by another ([`Look::Probed`]: the gate's acquire waits for
+/// that, then takes it over), and the evidence table says so (without kernel locks,
+/// the evidence table alone).
+pub(super) fn holder_gone(theirs: &TheirFile, lock: &LockPath, req: &Request<'_>) -> bool {
+    matches!(locks_of(theirs, req.me), Ok(Locks::Free | Locks::Probed))
+        && matches!(
+            theirs.judge(lock, req, Locking::from_env()),
+            Ok(crate::liveness::Verdict::Stale(_))
+        )
+}
+
+/// Takes member `path` at once (no wait): vacant, or its holder gone (taken over),
+/// with our `record` in it, in `made` if we made our file ahead ([`prepare`]; its
+/// record's time is then now); else what holds it.
+pub(super) fn take_at_once(
+    path: &LockPath,
+    req: &Request<'_>,
+    mut record: Record,
+    made: Option<Candidate>,
+) -> Result<Acquired<Held>> {
     let now = Request {
         deadline: Deadline::after(Some(Duration::ZERO)),
         inherit: req.inherit,
         ..step_request(req, req.report)
     };
-    Ok(match file::acquire(path, &now, record.clone())? {
+    match made {
+        Some(mut made) => {
+            record.since = file::now();
+            made.rewrite(path, &record)?;
+            file::acquire_with(path, &now, record, made, std::time::Instant::now())
+        }
+        None => file::acquire(path, &now, record),
+    }
+}
+
+/// Takes member `path` over if its holder is gone, at once (no wait): `Ok(Some(held))`
+/// then, with our record in it; `Ok(None)` if its holder is alive.
+pub(super) fn try_take(path: &LockPath, req: &Request<'_>, record: &Record) -> Result<Option<Held>> {
+    Ok(held(take_at_once(path, req, record.clone(), None)?))
+}
+
+/// The member held, if it was had.
+fn held(acquired: Acquired<Held>) -> Option<Held> {
+    match acquired {
         Acquired::Held(held) => Some(held),
         Acquired::Busy(..) | Acquired::Interrupted(_) => None,
-    })
+    }
 }
 
 /// Our member file made ahead, while we wait, as the exclusive waiter makes its own:
@@ -369,21 +404,11 @@ pub(super) fn prepare(lock: &LockPath, req: &Request<'_>, record: &Record) -> Op
 pub(super) fn take_prepared(
     path: &LockPath,
     req: &Request<'_>,
-    mut record: Record,
-    mut made: Candidate,
+    record: Record,
+    made: Candidate,
 ) -> Result<Option<Held>> {
-    let now = Request {
-        deadline: Deadline::after(Some(Duration::ZERO)),
-        inherit: req.inherit,
-        ..step_request(req, req.report)
-    };
-    record.since = file::now();
-    let taken = made
-        .rewrite(path, &record)
-        .and_then(|()| file::acquire_with(path, &now, record.clone(), made, std::time::Instant::now()));
-    match taken {
-        Ok(Acquired::Held(held)) => Ok(Some(held)),
-        Ok(Acquired::Busy(..) | Acquired::Interrupted(_)) => Ok(None),
+    match take_at_once(path, req, record.clone(), Some(made)) {
+        Ok(acquired) => Ok(held(acquired)),
         Err(_) => try_take(path, req, &record),
     }
 }

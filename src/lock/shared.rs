@@ -3,11 +3,11 @@
 //!
 //! "Gate and members" (docs/design.md, "Shared locks and slots"): LOCK itself, the
 //! exclusive lock of SPEC §4, is the *gate*, held only for a moment by a shared
-//! acquirer (while it writes its member record) and, for as long as they wait, by a writer waiting out the readers or by a slot
-//! waiter. Each holder is a *member*: an ordinary exclusive file lock of its own, the
-//! solo record `.NAME.xlock-solo` next to LOCK or one in `.NAME.xlock-members/`
-//! (`members.rs`). Nobody holding anything, an acquirer joins at once as the solo
-//! member, without the gate or a directory.
+//! acquirer (while it writes its member record) and, for as long as they wait, by a
+//! writer waiting out the readers or by a slot waiter. Each holder is a *member*: an
+//! ordinary exclusive file lock of its own, the solo record `.NAME.xlock-solo` next
+//! to LOCK or one in `.NAME.xlock-members/` (`members.rs`). Nobody holding anything,
+//! an acquirer joins at once as the solo member, without the gate or a directory.
 //! Whoever holds the gate is next in line; everyone else queues on the gate's kernel
 //! locks, so once a writer waits, new readers queue behind it (writer preference),
 //! and exactly one waiter at a time can take a crashed member's share or slot over.
@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-
 use nix::sys::inotify::Inotify;
 
 use super::candidate::{Candidate, TempFile};
@@ -33,7 +32,7 @@ use super::sentry::Sentry;
 use super::slots;
 use super::theirs::{open_record, Found};
 use super::wait::{wait_out, Outcome, POLL_FIRST};
-use super::{Acquired, Deadline, Holding, Kind, Released, Request, State};
+use super::{Acquired, Holding, Kind, Released, Request, State};
 use crate::error::read_error;
 use crate::liveness::{Identity, Locking};
 use crate::nesting::Inherited;
@@ -101,24 +100,14 @@ impl SharedLock {
             _ => return Ok(None),
         }
         let step = req.report.for_step();
-        let now = Request {
-            deadline: Deadline::after(Some(Duration::ZERO)),
-            inherit: req.inherit,
-            ..step_request(req, &step)
-        };
         let slot = self.slots.map(|_| 0);
         let mut ours = record.clone();
         ours.slot = slot;
-        let solo = self.lock.solo();
-        let taken = match made.take() {
-            Some(mut made) => {
-                ours.since = file::now();
-                made.rewrite(&solo, &ours)
-                    .and_then(|()| file::acquire_with(&solo, &now, ours.clone(), made, Instant::now()))?
-            }
-            None => file::acquire(&solo, &now, ours)?,
+        let step_req = Request {
+            inherit: req.inherit,
+            ..step_request(req, &step)
         };
-        let held = match taken {
+        let held = match members::take_at_once(&self.lock.solo(), &step_req, ours, made.take())? {
             Acquired::Held(held) => held,
             // A holder of another kind: say so (SPEC §9). Of ours: the gate. While LOCK is
             // there, the gate holder may be taking a crashed holder's record over, with
@@ -199,22 +188,16 @@ impl SharedLock {
             inherit: req.inherit,
             ..step_request(req, &step)
         };
-        let now = Request {
-            deadline: Deadline::after(Some(Duration::ZERO)),
-            inherit: req.inherit,
-            ..step_request(req, &step)
-        };
-        let solo = self.lock.solo();
-        match file::acquire(&solo, &now, record.clone())? {
+        match members::take_at_once(&self.lock.solo(), &step_req, record.clone(), None)? {
             Acquired::Held(held) => {
-                // Crashed members' records in the directory: nothing left behind.
+                // Crashed members' records in the directory: nothing left behind (the
+                // directory, if that empties it, goes once the gate is released).
                 if std::fs::symlink_metadata(&dir).is_ok() {
                     let swept = members::sweep_shared(&self.lock, &dir, &step_request(req, &step), record);
                     if let Err(err) = swept {
                         let _ = held.release(false);
                         return Err(err);
                     }
-                    members::remove_dir_if_empty(&dir);
                 }
                 return Ok(Acquired::Held(Member::solo(held, &self.lock, None)));
             }
@@ -449,9 +432,14 @@ impl Member {
         self.closing = Cell::new(watch);
     }
 
-    /// Closes the released files of LOCK we kept (the gate's among them) and reaps our
-    /// sentries: once the command has started, or at release if it never did.
+    /// Closes the released files of LOCK we kept (the gate's among them) and the slot
+    /// waiter's inotify instance, and reaps our sentries: once the command has
+    /// started, or at release if it never did.
     fn let_go(&self) {
+        if let Some(watch) = self.closing.take() {
+            // If the thread cannot be had, close it here: slow, not wrong.
+            let _ = std::thread::Builder::new().spawn(move || drop(watch));
+        }
         drop(self.queue.take());
         drop(self.sentries.take());
         drop(self.gate.take());
@@ -460,10 +448,6 @@ impl Member {
 
 impl Guard for Member {
     fn next_check(&self) -> Option<Instant> {
-        if let Some(watch) = self.closing.take() {
-            // If the thread cannot be had, close it here: slow, not wrong.
-            let _ = std::thread::Builder::new().spawn(move || drop(watch));
-        }
         self.let_go();
         self.held.next_check()
     }

@@ -88,37 +88,13 @@ pub(super) fn admit(lock: &LockPath, n: u32, req: &Request<'_>, record: &Record)
     let mut last: Option<(BTreeSet<u32>, bool)> = None;
     let mut watch = Releases::default();
     loop {
-        // Slot number → whether its record is there, for the slots taken now.
+        // The slots whose records are there, and whether the directory is.
         let (taken, in_dir) = match last.take() {
             Some(last) => last,
             None => {
-                let mut taken = BTreeSet::new();
-                let listed = members::list(&dir)?;
-                let in_dir = listed.is_some();
-                if in_dir && !checked_writable {
-                    members::check_writable(lock, &dir)?;
-                    checked_writable = true;
-                }
-                for (name, kind) in listed.unwrap_or_default() {
-                    match kind {
-                        Name::Slot(k) if k < n && k > 0 => {
-                            taken.insert(k);
-                        }
-                        // A shared holder, a slot of a larger N, or a slot 0 in the
-                        // directory (where no xlock puts one): not ours, unless its
-                        // holder crashed (then it is removed).
-                        _ => {
-                            let path = members::member_path(&dir, &name)?;
-                            if let Some(theirs) = members::live_member(&path, &step_req, record)? {
-                                return Err(mismatch(lock, &asked, &theirs));
-                            }
-                        }
-                    }
-                }
-                if std::fs::symlink_metadata(lock.solo().path).is_ok() {
-                    taken.insert(0);
-                }
-                (taken, in_dir)
+                let listed = taken_slots(lock, &dir, n, &step_req, record, &asked, !checked_writable)?;
+                checked_writable |= listed.1;
+                listed
             }
         };
         let mut attempted = false;
@@ -352,6 +328,45 @@ impl Releases {
             while inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
         }
     }
+}
+
+/// The slots of `n` whose records are there now (slot 0 at the solo name, the others
+/// in the members directory `dir`), and whether `dir` is there (then, with `check`, it
+/// is checked to be one we may add to). A live holder of another kind or N is an
+/// error naming both; a crashed one's record is taken over with `record` and removed.
+fn taken_slots(
+    lock: &LockPath,
+    dir: &Path,
+    n: u32,
+    req: &Request<'_>,
+    record: &Record,
+    asked: &str,
+    check: bool,
+) -> Result<(BTreeSet<u32>, bool)> {
+    let mut taken = BTreeSet::new();
+    let listed = members::list(dir)?;
+    let in_dir = listed.is_some();
+    if in_dir && check {
+        members::check_writable(lock, dir)?;
+    }
+    for (name, kind) in listed.unwrap_or_default() {
+        match kind {
+            Name::Slot(k) if k < n && k > 0 => {
+                taken.insert(k);
+            }
+            // A shared holder, a slot of a larger N, or a slot 0 in the directory (where
+            // no xlock puts one): not ours, unless its holder crashed (then it is removed).
+            _ => {
+                if let Some(theirs) = members::live_member(&members::member_path(dir, &name)?, req, record)? {
+                    return Err(mismatch(lock, asked, &theirs));
+                }
+            }
+        }
+    }
+    if std::fs::symlink_metadata(lock.solo().path).is_ok() {
+        taken.insert(0);
+    }
+    Ok((taken, in_dir))
 }
 
 /// Whether busy slot `k` is still guarded by a live sentry on the file now at `path`
