@@ -225,8 +225,7 @@ fn full_disk_while_writing_the_record() {
 fn as_unprivileged(args: &[&str]) -> std::process::Command {
     let mut command = if is_root() {
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(xlock_bin());
+        c.args(AS_NOBODY).arg(xlock_bin());
         c
     } else {
         std::process::Command::new(xlock_bin())

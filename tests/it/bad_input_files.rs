@@ -6,7 +6,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use crate::common::*;
 
@@ -16,17 +15,6 @@ tests_in_every_mode!(
     the_longest_allowed_name_is_taken_over_after_a_crash,
     a_directory_that_refuses_new_files_is_not_called_missing,
 );
-
-/// `xlock ARGS...` in mode `t` as user nobody (uid 65534): root drops privileges.
-fn as_nobody(t: Mode, args: &[&str]) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(xlock_bin())
-        .args(args);
-    t.apply(&mut command);
-    command
-}
 
 /// Item 7: in a sticky directory (/tmp, /run/lock), a stale lock file of another user
 /// cannot be replaced (rename() gives EPERM). A run says whose file it is, why, and

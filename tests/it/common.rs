@@ -393,6 +393,18 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// setpriv(1)'s arguments that make root's command run as user nobody (uid and gid
+/// 65534, no supplementary groups); setpriv execs the command: the same process.
+pub const AS_NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// `xlock ARGS...` in mode `t` as user nobody: root drops privileges.
+pub fn as_nobody(t: Mode, args: &[&str]) -> Command {
+    let mut command = Command::new("setpriv");
+    command.args(AS_NOBODY).arg(xlock_bin()).args(args);
+    t.apply(&mut command);
+    command
+}
+
 /// How the xlock under test works: the default (O_TMPFILE where the file system has
 /// it), forced named temp files (`XLOCK_NAMED_TEMP=1`, the path taken on file systems
 /// without O_TMPFILE), or forced no-locks mode (`XLOCK_NO_KERNEL_LOCKS=1`, the path

@@ -75,7 +75,7 @@ pub(crate) fn assert_nothing_left(sandbox: &Sandbox, keep: &[&str]) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-fn release_all(holders: &mut [Running]) {
+pub(crate) fn release_all(holders: &mut [Running]) {
     for holder in holders.iter_mut() {
         holder.release();
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use crate::common::*;
-use crate::shared::{arg, assert_nothing_left, run, status_text, stderr};
+use crate::shared::{arg, assert_nothing_left, release_all, run, status_text, stderr};
 
 /// SPEC §4.1, §6: something planted at the members directory's name that is not a
 /// directory (a symbolic link to another place above all) is never followed: every
@@ -106,11 +106,7 @@ fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
     ];
     let before = sandbox.snapshot();
     for (kind, path) in [(&["--slots", "3"][..], &lock), (&["-s"][..], &sandbox.path("s.lock"))] {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(xlock_bin())
-            .args(kind)
-            .args([&arg(path), "echo", "ran"])
+        let out = as_nobody(Mode::Unnamed, &[kind, &[&arg(path), "echo", "ran"]].concat())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -118,10 +114,7 @@ fn joining_the_holders_of_another_user_says_whose_directory_and_what_to_do() {
         assert!(!err.contains("a directory you can write"), "{err}");
     }
     assert_eq!(sandbox.snapshot(), before);
-    for holder in &mut holders {
-        holder.release();
-        assert!(holder.wait().success());
-    }
+    release_all(&mut holders);
 }
 
 /// SPEC §9, "nothing left behind", and the layout that keeps an uncontended run as
@@ -319,18 +312,14 @@ fn a_directory_left_while_another_user_holds_lock_is_removed_all_the_same() {
     let mut first = hold(&["-s"], &lock, "read _; exit 0");
     let mut second = hold(&["-s"], &lock, "read _; exit 0");
     let nobody = |args: &[&str]| {
-        let mut command = std::process::Command::new("setpriv");
+        let mut command = as_nobody(Mode::Unnamed, args);
         command
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(xlock_bin())
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
     };
     let writer = nobody(&[&arg(&lock), "echo", "ran"]).spawn().unwrap();
-    // setpriv execs xlock: the same process.
     wait_until_waiting(writer.id() as i32, &solo);
     second.release();
     assert!(second.wait().success());
@@ -344,12 +333,23 @@ fn a_directory_left_while_another_user_holds_lock_is_removed_all_the_same() {
     assert_nothing_left(&sandbox, &[]);
 }
 
-/// An xlock of root's holding `lock` (`read _; exit 0`) with umask `mask`.
-fn hold_with_umask(mask: &str, extra: &[&str], lock: &Path) -> Running {
-    let mut command = std::process::Command::new("sh");
+/// `xlock` with umask `mask` (a shell sets it, then becomes xlock), as user nobody if
+/// `nobody`, else as this user.
+fn xlock_with_umask(mask: &str, nobody: bool) -> std::process::Command {
+    let mut command = std::process::Command::new(if nobody { "setpriv" } else { "sh" });
+    if nobody {
+        command.args(AS_NOBODY).arg("sh");
+    }
     command
         .args(["-c", &format!("umask {mask}; exec \"$0\" \"$@\"")])
-        .arg(xlock_bin())
+        .arg(xlock_bin());
+    command
+}
+
+/// An xlock of root's holding `lock` (`read _; exit 0`) with umask `mask`.
+fn hold_with_umask(mask: &str, extra: &[&str], lock: &Path) -> Running {
+    let mut command = xlock_with_umask(mask, false);
+    command
         .args(extra)
         .args([&arg(lock), "-c", "echo started; read _; exit 0"]);
     Mode::Unnamed.hold_command(command)
@@ -377,10 +377,7 @@ fn users_of_one_group_with_umask_002_join_one_anothers_holders() {
         hold_with_umask("002", &["-s"], &sandbox.path("s.lock")),
     ];
     for (kind, path) in [(&["--slots", "3"][..], &lock), (&["-s"][..], &sandbox.path("s.lock"))] {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
-            .arg("umask 002; exec \"$0\" \"$@\"")
-            .arg(xlock_bin())
+        let out = xlock_with_umask("002", true)
             .args(["-n"])
             .args(kind)
             .args([&arg(path), "echo", "ran"])
@@ -390,10 +387,7 @@ fn users_of_one_group_with_umask_002_join_one_anothers_holders() {
         assert!(out.status.success(), "{kind:?}: {}", stderr(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
     }
-    for holder in &mut holders {
-        holder.release();
-        assert!(holder.wait().success());
-    }
+    release_all(&mut holders);
     assert_nothing_left(&sandbox, &[]);
 }
 
